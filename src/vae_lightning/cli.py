@@ -1,0 +1,94 @@
+"""What the entry points run: each function takes a composed Hydra config and does one job."""
+
+import functools
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from vae_lightning.config import ConfigError, check_config, check_image_shape
+
+log = logging.getLogger(__name__)
+
+
+def exit_on_config_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Turn a ConfigError into one line on stderr and exit status 2, instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(cfg: DictConfig) -> Any:
+        try:
+            return main(cfg)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Every object configured under a group such as `callbacks` or `logger` (null entries off)."""
+    return [instantiate(entry) for entry in (group or {}).values() if entry]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the model, test the best checkpoint and write `metrics.json`; return the metrics."""
+    check_config(cfg)
+    started = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    check_image_shape(cfg, datamodule.image_shape)
+    # Plain lists and dicts, the optimiser left as config: the checkpoint's hparams stay data.
+    model = instantiate(
+        cfg.model, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
+    )
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False
+    )
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint else ""
+    trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+
+    metrics: dict[str, Any] = {k: v.item() for k, v in sorted(trainer.callback_metrics.items())}
+    if checkpoint and checkpoint.best_model_score is not None:
+        metrics[f"best_{checkpoint.monitor}"] = checkpoint.best_model_score.item()
+    metrics.update(
+        epochs=trainer.current_epoch,
+        steps=trainer.global_step,
+        wall_time_s=round(time.perf_counter() - started, 1),
+        best_checkpoint=best_path,
+    )
+    report_metrics(metrics, Path(cfg.paths.output_dir))
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        wandb.finish()  # one W&B run per job, also when a multirun keeps the process alive
+    return metrics
+
+
+@rank_zero_only
+def report_metrics(metrics: dict[str, Any], output_dir: Path) -> None:
+    """Print the final metrics as a table and write them to `<output_dir>/metrics.json`."""
+    table = Table(title="final metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("metrics written to %s", output_dir / "metrics.json")

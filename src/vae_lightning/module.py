@@ -1,0 +1,88 @@
+"""The LightningModule: encoder, reparameterised sample, decoder and the beta-weighted ELBO."""
+
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+
+from vae_lightning.elbo import ELBOTerms, build_likelihood, elbo_terms, reparameterize
+from vae_lightning.networks import build_networks
+
+
+class VAE(L.LightningModule):
+    """A VAE with prior N(0, I), a diagonal Gaussian q(z|x) and a configurable p(x|z).
+
+    Every constructor argument is saved in the checkpoint as plain data, so
+    `VAE.load_from_checkpoint(path)` rebuilds the model with nothing else at hand (and with
+    torch.load's safe `weights_only` unpickler). `optimizer` is a Hydra config of a partial
+    optimiser, e.g. {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        network: str = "conv",
+        latent_dim: int = 10,
+        hidden_dims: tuple[int, ...] = (32, 64),
+        dense_dim: int = 256,
+        likelihood: str = "bernoulli",
+        gaussian_sigma: float = 0.1,
+        beta: float = 1.0,
+        optimizer: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.image_shape = tuple(image_shape)
+        self.encoder, self.decoder = build_networks(
+            network, self.image_shape, latent_dim, list(hidden_dims), dense_dim
+        )
+        self.likelihood = build_likelihood(likelihood, gaussian_sigma)
+        self.beta = beta
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns the decoder output for one posterior sample, and mu, log sigma^2 of q(z|x)."""
+        mu, logvar = self.encoder(x)
+        return self.decoder(reparameterize(mu, logvar)), mu, logvar
+
+    def elbo_terms(self, x: torch.Tensor) -> ELBOTerms:
+        return elbo_terms(self.likelihood, x, *self(x))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x|z) at z = E_q[z]: the deterministic reconstruction shown in grids."""
+        mu, _ = self.encoder(x)
+        return self.likelihood.mean(self.decoder(mu))
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        return self.likelihood.mean(self.decoder(z))
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, _ = batch
+        terms = self.elbo_terms(images)
+        loss = terms.loss(self.beta)
+        # Logged as tensors: Lightning reduces them on its own schedule, with no host sync here.
+        self.log_dict(
+            {
+                f"{stage}/loss": loss,
+                f"{stage}/recon": terms.recon.mean(),
+                f"{stage}/kl": terms.kl.mean(),
+                f"{stage}/elbo": terms.elbo.mean(),
+            },
+            prog_bar=stage != "test",
+            batch_size=images.shape[0],
+        )
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self._step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.hparams.optimizer is None:
+            return torch.optim.Adam(self.parameters())
+        return instantiate(self.hparams.optimizer)(self.parameters())

@@ -1,0 +1,81 @@
+import math
+
+import pytest
+import torch
+
+from vae_lightning.elbo import (
+    Bernoulli,
+    ELBOTerms,
+    FixedGaussian,
+    elbo_terms,
+    gaussian_kl,
+    reparameterize,
+)
+
+
+def test_gaussian_kl_matches_hand_computation():
+    mu = torch.tensor([[0.0, 0.0], [1.0, -2.0]])
+    logvar = torch.tensor([[0.0, 0.0], [math.log(4.0), 0.0]])
+    # Row 0 is the prior itself. Row 1, dim 0: -1/2 (1 + ln 4 - 4 - 1); dim 1: -1/2 (1 + 0 - 1 - 4).
+    expected = torch.tensor([0.0, -0.5 * (1 + math.log(4) - 4 - 1) + 2.0])
+    torch.testing.assert_close(gaussian_kl(mu, logvar), expected)
+
+
+def test_gaussian_kl_agrees_with_torch_distributions_and_is_non_negative():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(64, 5) * 2, torch.randn(64, 5)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros(5), torch.ones(5))
+    reference = torch.distributions.kl_divergence(q, p).sum(-1)
+    torch.testing.assert_close(gaussian_kl(mu, logvar), reference)
+    assert (gaussian_kl(mu, logvar) >= 0).all()
+
+
+def test_bernoulli_log_prob_matches_hand_computation():
+    logits = torch.tensor([[[[0.0, 2.0]]]])  # one 1x1x2 image
+    x = torch.tensor([[[[1.0, 0.25]]]])
+    p = 1 / (1 + math.exp(-2.0))
+    expected = math.log(0.5) + 0.25 * math.log(p) + 0.75 * math.log(1 - p)
+    torch.testing.assert_close(Bernoulli().log_prob(logits, x), torch.tensor([expected]))
+
+
+def test_bernoulli_log_prob_is_finite_for_extreme_logits():
+    logits = torch.tensor([[[[200.0, -200.0]]]])
+    x = torch.tensor([[[[0.0, 1.0]]]])
+    torch.testing.assert_close(Bernoulli().log_prob(logits, x), torch.tensor([-400.0]))
+
+
+def test_gaussian_log_prob_is_the_full_density_with_its_constant():
+    torch.manual_seed(0)
+    mean, x = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4)
+    reference = torch.distributions.Normal(mean, 0.2).log_prob(x).flatten(1).sum(1)
+    torch.testing.assert_close(FixedGaussian(0.2).log_prob(mean, x), reference)
+    # by hand for one pixel: log N(0.5; 0.3, 0.2^2) = -1/2 (1)^2 - log 0.2 - 1/2 log 2 pi
+    one = FixedGaussian(0.2).log_prob(torch.full((1, 1, 1, 1), 0.3), torch.full((1, 1, 1, 1), 0.5))
+    torch.testing.assert_close(one, torch.tensor([-0.5 - math.log(0.2) - 0.5 * math.log(2 * math.pi)]))
+
+
+def test_loss_is_recon_plus_beta_kl_and_elbo_its_negative():
+    terms = ELBOTerms(recon=torch.tensor([10.0, 20.0]), kl=torch.tensor([1.0, 3.0]))
+    assert terms.loss(beta=1.0).item() == pytest.approx(17.0)
+    assert terms.loss(beta=4.0).item() == pytest.approx(15.0 + 4 * 2.0)
+    torch.testing.assert_close(terms.elbo, torch.tensor([-11.0, -23.0]))
+
+
+def test_elbo_terms_are_per_sample_and_signed_as_costs():
+    torch.manual_seed(0)
+    x = torch.rand(5, 1, 3, 3)
+    terms = elbo_terms(Bernoulli(), x, torch.randn(5, 1, 3, 3), torch.randn(5, 2), torch.randn(5, 2))
+    assert terms.recon.shape == terms.kl.shape == (5,)
+    assert (terms.recon > 0).all() and (terms.kl >= 0).all()
+
+
+def test_reparameterize_has_the_posterior_moments_and_passes_gradients():
+    torch.manual_seed(0)
+    mu = torch.tensor([1.0, -2.0], requires_grad=True)
+    logvar = torch.tensor([0.0, math.log(0.25)], requires_grad=True)
+    z = reparameterize(mu.expand(200_000, 2), logvar.expand(200_000, 2))
+    torch.testing.assert_close(z.mean(0), torch.tensor([1.0, -2.0]), atol=0.01, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.tensor([1.0, 0.5]), atol=0.01, rtol=0)
+    z.sum().backward()
+    assert mu.grad is not None and logvar.grad is not None and logvar.grad.abs().sum() > 0

@@ -1,0 +1,96 @@
+"""End-to-end runs of the training function and of train.py, on tiny settings."""
+
+import json
+import math
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import TINY, run_script
+from vae_lightning.cli import train
+
+pytestmark = pytest.mark.slow
+
+
+def read_tensorboard(log_dir):
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events
+
+
+def test_train_writes_checkpoints_metrics_images_and_curves(tmp_path, tiny_config):
+    metrics = train(tiny_config("trainer.max_epochs=3"))
+
+    checkpoints = {p.name for p in (tmp_path / "checkpoints").iterdir()}
+    assert "last.ckpt" in checkpoints and any(n.startswith("epoch=") for n in checkpoints)
+    assert metrics["best_checkpoint"].startswith(str(tmp_path / "checkpoints"))
+
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == metrics
+    for key in ("test/loss", "test/recon", "test/kl", "test/elbo", "best_val/loss"):
+        assert math.isfinite(saved[key])
+    assert saved["test/elbo"] == pytest.approx(-(saved["test/recon"] + saved["test/kl"]), rel=1e-5)
+    assert saved["epochs"] == 3 and saved["steps"] == 3 * 16  # 512 training images / 32
+
+    events = read_tensorboard(tmp_path / "tensorboard")
+    scalars = set(events.Tags()["scalars"])
+    for stage in ("train", "val"):
+        assert {f"{stage}/{term}" for term in ("loss", "recon", "kl", "elbo")} <= scalars
+    assert {"test/elbo", "test/loss"} <= scalars
+    assert {"images/reconstructions", "images/samples"} <= set(events.Tags()["images"])
+
+    losses = [event.value for event in events.Scalars("train/loss")]
+    assert len(losses) == 48
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5  # training loss fell
+
+    pngs = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert pngs == [f"{kind}_epoch={e:03d}.png" for kind in ("reconstructions", "samples")
+                    for e in range(3)]
+
+
+@pytest.mark.parametrize("logger", ["csv", "wandb"])
+def test_other_loggers(tmp_path, tiny_config, logger, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    metrics = train(tiny_config(f"logger={logger}", "trainer.max_epochs=1"))
+    assert math.isfinite(metrics["test/elbo"])
+    if logger == "csv":
+        header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+        assert {"train/loss", "val/elbo", "test/elbo"} <= set(header)
+    else:
+        runs = list((tmp_path / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+
+
+def test_multirun_makes_one_directory_per_job(tmp_path):
+    result = run_script(
+        "train.py", "-m", "model.beta=0.5,1", "model.latent_dim=2,4",
+        f"hydra.sweep.dir={tmp_path}", *TINY, "trainer.max_epochs=1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name != ".hydra")
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    seen = set()
+    for job in jobs:
+        overrides = (job / ".hydra" / "overrides.yaml").read_text()
+        seen.add(tuple(line for line in overrides.splitlines() if "beta" in line or "latent" in line))
+        assert math.isfinite(json.loads((job / "metrics.json").read_text())["test/elbo"])
+    assert len(seen) == 4
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.latent_dim=0", "model.latent_dim"),
+        ("model.latent_dim=-3", "model.latent_dim"),
+        ("model.latent_dim=abc", "model.latent_dim"),
+        ("model.beta=-1", "model.beta"),
+        ("model.likelihood=poisson", "model.likelihood"),
+    ],
+)
+def test_bad_config_gives_one_clear_line_and_nonzero_exit(tmp_path, override, key):
+    result = run_script("train.py", override, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {key}=") and "allowed" in lines[0]
+    assert not (tmp_path / "checkpoints").exists()

@@ -1,0 +1,16 @@
+"""Train a VAE: `python train.py [group=option ...] [key=value ...]`; see conf/train.yaml."""
+
+import hydra
+from omegaconf import DictConfig
+
+from vae_lightning.cli import exit_on_config_error, train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@exit_on_config_error
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg).get("best_val/loss")
+
+
+if __name__ == "__main__":
+    main()
