@@ -63,8 +63,8 @@ def test_other_loggers(tmp_path, tiny_config, logger, monkeypatch):
 
 def test_multirun_makes_one_directory_per_job(tmp_path):
     result = run_script(
-        "train.py", "-m", "model.beta=0.5,1", "model.latent_dim=2,4",
-        f"hydra.sweep.dir={tmp_path}", *TINY, "trainer.max_epochs=1",
+        "train.py", "-m", *TINY, "trainer.max_epochs=1",
+        "model.beta=0.5,1", "model.latent_dim=2,4", f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name != ".hydra")
