@@ -78,8 +78,12 @@ def test_unknown_group_option_is_one_line(argv, message, capsys):
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}")
 
 
-def test_known_options_and_values_pass_unchanged():
+def test_known_options_and_values_pass_unchanged(tmp_path):
     argv = ["-m", "model=conv,mlp", "experiment=null", "hydra/launcher=joblib", "model.beta=2"]
+    assert prepare_command_line(ROOT / "conf", argv) == argv
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("network: mlp\n")
+    argv = ["--config-dir", str(tmp_path), "model=mine"]  # a group option from another folder
     assert prepare_command_line(ROOT / "conf", argv) == argv
 
 

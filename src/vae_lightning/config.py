@@ -98,9 +98,13 @@ def check_group_choices(config_dir: str | Path, argv: list[str]) -> None:
     group named on the command line, sweeps (`model=conv,foo`) included, before Hydra starts.
     Anything this does not understand is left for Hydra to report.
     """
-    overrides = get_args_parser().parse_known_args(argv)[0].overrides
+    # Hydra's own argument parser, so that flags (-m, --cfg job) are read as Hydra reads them.
+    args = get_args_parser().parse_known_args(argv)[0]
+    extra = Path(args.config_dir) if args.config_dir else None
+    if args.config_path or (extra and extra.is_dir() and any(p.is_dir() for p in extra.iterdir())):
+        return  # options may come from groups in other config folders: Hydra knows them
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException:
         return
     with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):

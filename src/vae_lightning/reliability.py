@@ -3,6 +3,7 @@ own directory with a history that has no gap, and stop (or skip) at a non-finite
 
 import logging
 import signal
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -92,8 +93,9 @@ class Resumable(L.Callback):
         # Replaces Lightning's SIGTERM handler (it saves nothing on one device, and ends the run
         # with exit status 0); Lightning puts back the handlers it found when fit ends.
         self.signum, self.saved = None, None
-        for signum in self.SIGNALS:
-            signal.signal(signum, self._on_signal)
+        if threading.current_thread() is threading.main_thread():  # the only one that may
+            for signum in self.SIGNALS:
+                signal.signal(signum, self._on_signal)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.signum is not None and self.saved is None:
@@ -102,7 +104,8 @@ class Resumable(L.Callback):
             )
             trainer.save_checkpoint(self.saved)
 
-    def _stop_if_saved(self, trainer: L.Trainer) -> None:
+    def _at_safe_point(self, trainer: L.Trainer) -> None:
+        """After a batch's metrics are logged: flush after a checkpoint, stop after a signal."""
         if self.flush:
             for logger in trainer.loggers:
                 logger.save()
@@ -111,14 +114,14 @@ class Resumable(L.Callback):
             raise Interrupted(self.signum, trainer.global_step, self.saved)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
-        self._stop_if_saved(trainer)
+        self._at_safe_point(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._stop_if_saved(trainer)
+            self._at_safe_point(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._stop_if_saved(trainer)
+        self._at_safe_point(trainer)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
         self.flush = True
