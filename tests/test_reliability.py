@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from tests.conftest import ROOT, TINY, make_config, run_script
 from vae_lightning.cli import prepare_command_line, train
@@ -205,6 +206,14 @@ def test_resume_after_sigkill_mid_epoch(tmp_path, baseline):
     metrics = (run_dir / "metrics.json").read_text()
     assert '"epochs": 2' in metrics and f'"steps": {STEPS}' in metrics
     assert_same_history(run_dir, baseline)
+    # What any TensorBoard reader needs to hide the killed process's steps past the checkpoint.
+    restarts = [
+        event.step
+        for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+        for event in EventFileLoader(str(path)).Load()
+        if event.HasField("session_log") and event.session_log.status == event.session_log.START
+    ]
+    assert restarts == [step]
 
 
 @pytest.mark.slow

@@ -70,8 +70,6 @@ class Resumable(L.Callback):
     - SIGTERM or Ctrl-C (SIGINT) during training: the current batch finishes, `last.ckpt` is
       saved at the same point of the loop as ModelCheckpoint saves it, the batch's metrics are
       logged and the run stops with `Interrupted`. A second signal stops at once.
-    - After a checkpoint is saved, loggers are flushed at the next batch, so a SIGKILL loses no
-      logged step that the checkpoint has passed.
     - On resume, TensorBoard is told to drop what earlier files logged from the checkpoint's step
       on (the steps the killed process ran past it), as SummaryWriter(purge_step=...) does.
     """
@@ -81,7 +79,6 @@ class Resumable(L.Callback):
     def __init__(self) -> None:
         self.signum: int | None = None
         self.saved: Path | None = None
-        self.flush = False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
@@ -105,11 +102,7 @@ class Resumable(L.Callback):
             trainer.save_checkpoint(self.saved)
 
     def _at_safe_point(self, trainer: L.Trainer) -> None:
-        """After a batch's metrics are logged: flush after a checkpoint, stop after a signal."""
-        if self.flush:
-            for logger in trainer.loggers:
-                logger.save()
-            self.flush = False
+        """Stop once the saved batch's metrics are logged (Lightning flushes loggers as it logs)."""
         if self.saved is not None:
             raise Interrupted(self.signum, trainer.global_step, self.saved)
 
@@ -122,9 +115,6 @@ class Resumable(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._at_safe_point(trainer)
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
-        self.flush = True
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
         if trainer.state.fn != "fit":
