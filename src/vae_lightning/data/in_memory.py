@@ -12,11 +12,9 @@ from abc import abstractmethod
 import lightning as L
 import torch
 from torch.utils.data import (
-    BatchSampler,
     DataLoader,
     Dataset,
-    RandomSampler,
-    SequentialSampler,
+    Sampler,
     Subset,
     default_collate,
 )
@@ -43,7 +41,7 @@ class InMemoryImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, indices: list[int]) -> Batch:
+    def __getitem__(self, indices: torch.Tensor | list[int]) -> Batch:
         index = torch.as_tensor(indices)
         return self.images[index], self.labels[index]
 
@@ -58,6 +56,24 @@ def split_off(dataset: Dataset, n_held_out: int, seed: int) -> tuple[Dataset, Da
     if isinstance(dataset, InMemoryImages):
         return dataset.subset(rest), dataset.subset(held_out)
     return Subset(dataset, rest.tolist()), Subset(dataset, held_out.tolist())
+
+
+class IndexBatches(Sampler):
+    """Batches of indices as tensors: slices of one permutation per epoch (or of 0..n-1).
+
+    Instead of BatchSampler over RandomSampler, which builds a Python list of ints per batch
+    that the dataset turns back into a tensor: a tenth of a millisecond per step.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool):
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.n) if self.shuffle else torch.arange(self.n)
+        return iter(order.split(self.batch_size))
 
 
 class InMemoryDataModule(L.LightningDataModule):
@@ -106,10 +122,10 @@ class InMemoryDataModule(L.LightningDataModule):
             return DataLoader(
                 dataset, batch_size, shuffle, num_workers=workers, persistent_workers=workers > 0
             )
-        order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        # batch_size=None turns off automatic batching: each sampled list of indices is one
+        # batch_size=None turns off automatic batching: each sampled tensor of indices is one
         # __getitem__ call, so a batch is a single tensor slice.
-        return DataLoader(dataset, batch_size=None, sampler=BatchSampler(order, batch_size, False))
+        batches = IndexBatches(len(dataset), batch_size, shuffle)
+        return DataLoader(dataset, batch_size=None, sampler=batches)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
