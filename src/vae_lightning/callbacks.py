@@ -54,10 +54,9 @@ def traversal_grid(
 ) -> torch.Tensor:
     """One row per latent dimension in `dims`: that coordinate of `centre` (latent_dim,) moved over
     `steps` values from -span to +span around its own value, the others held fixed."""
-    dims = torch.as_tensor(dims, device=centre.device)
+    directions = torch.eye(len(centre), device=centre.device)[torch.as_tensor(dims).tolist()]
     offsets = torch.linspace(-span, span, steps, device=centre.device)
-    z = centre.repeat(len(dims), steps, 1)
-    z[torch.arange(len(dims))[:, None], torch.arange(steps), dims[:, None]] += offsets
+    z = centre + offsets[None, :, None] * directions[:, None, :]  # (len(dims), steps, latent_dim)
     return grid(model.decode_mean(z.flatten(0, 1)), nrow=steps)
 
 
@@ -106,6 +105,7 @@ def rendered(figure: Figure) -> torch.Tensor:
 
 def kl_figure(kl: torch.Tensor) -> Figure:
     """Bars of the KL of each latent dimension, largest first (the row order of the traversals)."""
+    kl = kl.cpu()
     order = kl.argsort(descending=True).tolist()
     figure, (axes,) = new_figure(max(4.0, 1.5 + 0.3 * len(kl)), 3.0)
     axes.bar(range(len(kl)), kl[order].tolist(), color="tab:blue")

@@ -74,7 +74,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     report_metrics(metrics, Path(cfg.paths.output_dir))
     # Here, not in a callback: only now are all final numbers known, the same as in metrics.json.
-    log_hparams_with_metrics(loggers, cfg, metrics, trainer.global_step)
+    log_hparams_with_metrics(trainer.loggers, cfg, metrics, trainer.global_step)
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         import wandb
 
