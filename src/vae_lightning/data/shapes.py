@@ -1,0 +1,100 @@
+"""Procedural 2-D shapes in the spirit of dSprites, rendered deterministically with no files.
+
+Five factors, on the dSprites grid: shape (square, ellipse, heart), scale (6 values), rotation
+(40 angles), and x and y position (32 each): 3 * 6 * 40 * 32 * 32 = 737,280 distinct images.
+Each image keeps the grid indices of its factors as its label, so later metrics can use them.
+"""
+
+import math
+
+import torch
+
+from vae_lightning.data.in_memory import InMemoryDataModule, InMemoryImages, split_off
+
+SHAPES = ("square", "ellipse", "heart")
+FACTOR_NAMES = ("shape", "scale", "rotation", "pos_x", "pos_y")
+FACTOR_SIZES = (len(SHAPES), 6, 40, 32, 32)
+GRID_SIZE = math.prod(FACTOR_SIZES)
+
+SUPERSAMPLING = 2  # sub-pixels per side: anti-aliased edges instead of jagged binary ones
+
+
+def factor_values(indices: torch.Tensor) -> torch.Tensor:
+    """Grid indices (N, 5) to values: shape id, scale in [0.5, 1], angle in radians, x and y in
+    [0.2, 0.8] as fractions of the image width, measured from the top left."""
+    shape, scale, rotation, pos_x, pos_y = indices.T.float()
+    return torch.stack(
+        [
+            shape,
+            0.5 + 0.5 * scale / (FACTOR_SIZES[1] - 1),
+            2 * math.pi * rotation / FACTOR_SIZES[2],
+            0.2 + 0.6 * pos_x / (FACTOR_SIZES[3] - 1),
+            0.2 + 0.6 * pos_y / (FACTOR_SIZES[4] - 1),
+        ],
+        dim=1,
+    )
+
+
+def _inside(shape: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Whether the shape-local point (u, v), with v pointing up, lies inside each shape."""
+    square = torch.maximum(u.abs(), v.abs()) <= 0.8
+    ellipse = u**2 + (v / 0.55) ** 2 <= 1
+    hu, hv = 1.15 * u, 1.15 * v + 0.15  # the classic heart curve, centred and scaled to ~[-1, 1]
+    heart = (hu**2 + hv**2 - 1) ** 3 - hu**2 * hv**3 <= 0
+    return torch.where(shape == 0, square, torch.where(shape == 1, ellipse, heart))
+
+
+def render(indices: torch.Tensor, image_size: int, chunk: int = 2048) -> torch.Tensor:
+    """uint8 images (N, 1, S, S) of the shapes with factor grid indices (N, 5)."""
+    n_sub = image_size * SUPERSAMPLING
+    grid = (torch.arange(n_sub, dtype=torch.float32) + 0.5) / n_sub
+    py, px = torch.meshgrid(grid, grid, indexing="ij")
+    images = []
+    for part in factor_values(indices).split(chunk):
+        shape, scale, angle, cx, cy = (f.view(-1, 1, 1) for f in part.T)
+        radius = 0.2 * scale
+        dx, dy = (px - cx) / radius, (cy - py) / radius  # y flipped: image rows grow downwards
+        cos, sin = angle.cos(), angle.sin()
+        u, v = cos * dx + sin * dy, -sin * dx + cos * dy  # rotate by -angle into the shape frame
+        coverage = _inside(shape, u, v).float()
+        coverage = coverage.view(-1, image_size, SUPERSAMPLING, image_size, SUPERSAMPLING)
+        images.append((coverage.mean(dim=(2, 4)) * 255).round().to(torch.uint8))
+    return torch.cat(images).unsqueeze(1)
+
+
+def sample_factor_indices(n: int | None, seed: int) -> torch.Tensor:
+    """n distinct points of the factor grid (all of it when n is None), in a seeded random order."""
+    generator = torch.Generator().manual_seed(seed)
+    flat = torch.randperm(GRID_SIZE, generator=generator)[: n or GRID_SIZE]
+    return torch.stack(torch.unravel_index(flat, FACTOR_SIZES), dim=1)
+
+
+class ShapesDataModule(InMemoryDataModule):
+    """`size` images from the factor grid (None: all 737,280), split into train, val and test."""
+
+    def __init__(
+        self,
+        size: int | None = 20_000,
+        image_size: int = 32,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 0,
+        batch_size: int = 128,
+        eval_batch_size: int = 500,
+    ):
+        super().__init__(batch_size, eval_batch_size)
+        self.size, self.image_size, self.seed = size, image_size, seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (1, self.image_size, self.image_size)
+
+    def load_splits(self) -> dict[str, InMemoryImages]:
+        factors = sample_factor_indices(self.size, self.seed)
+        images = render(factors, self.image_size)
+        n_test = round(self.test_fraction * len(images))
+        n_val = round(self.val_fraction * len(images))
+        rest, test = split_off(images, factors, n_test, self.seed)
+        train, val = split_off(rest.images, rest.labels, n_val, self.seed + 1)
+        return {"train": train, "val": val, "test": test}
