@@ -16,7 +16,7 @@ def test_factor_grid_is_the_dsprites_grid():
     assert indices.shape == (1000, 5)
     assert len({tuple(row) for row in indices.tolist()}) == 1000  # distinct grid points
     for column, size in enumerate(FACTOR_SIZES):
-        assert 0 <= indices[:, column].min() and indices[:, column].max() < size
+        assert indices[:, column].min() >= 0 and indices[:, column].max() < size
     values = factor_values(indices)
     assert values[:, 1].min() >= 0.5 and values[:, 1].max() <= 1.0
 
@@ -26,8 +26,10 @@ def test_rendering_is_deterministic_and_follows_the_factors():
     assert torch.equal(render(indices, 32), render(sample_factor_indices(50, seed=3), 32))
     assert not torch.equal(render(indices, 32), render(sample_factor_indices(50, seed=4), 32))
     # A bigger scale covers more pixels; moving right moves the centre of mass right.
-    small, big, left, right = render(torch.tensor([[0, 0, 0, 16, 16], [0, 5, 0, 16, 16],
-                                                   [1, 3, 0, 0, 16], [1, 3, 0, 31, 16]]), 32)
+    small, big, left, right = render(
+        torch.tensor([[0, 0, 0, 16, 16], [0, 5, 0, 16, 16], [1, 3, 0, 0, 16], [1, 3, 0, 31, 16]]),
+        32,
+    )
     assert big.float().sum() > 2 * small.float().sum()
     columns = torch.arange(32.0)
     centre = [(img[0].float().sum(0) * columns).sum() / img.float().sum() for img in (left, right)]
@@ -47,7 +49,7 @@ def test_datamodule_splits_batches_and_labels():
     assert images.dtype == torch.uint8 and images.shape == (64, 1, 32, 32)
     assert labels.shape == (64, 5)
     floats, _ = datamodule.on_after_batch_transfer((images, labels), 0)
-    assert floats.dtype == torch.float32 and 0 <= floats.min() and floats.max() <= 1
+    assert floats.dtype == torch.float32 and floats.min() >= 0 and floats.max() <= 1
     assert floats.max() == 1 and 0 < floats.mean() < 0.5  # white shapes on black
 
     val_batches = list(datamodule.val_dataloader())
@@ -58,4 +60,6 @@ def test_datamodule_splits_batches_and_labels():
 def test_same_seed_same_splits():
     a, b = ShapesDataModule(size=300, seed=1), ShapesDataModule(size=300, seed=1)
     assert torch.equal(a.split("test").images, b.split("test").images)
-    assert not torch.equal(a.split("test").images, ShapesDataModule(size=300, seed=2).split("test").images)
+    assert not torch.equal(
+        a.split("test").images, ShapesDataModule(size=300, seed=2).split("test").images
+    )

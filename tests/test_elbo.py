@@ -52,7 +52,9 @@ def test_gaussian_log_prob_is_the_full_density_with_its_constant():
     torch.testing.assert_close(FixedGaussian(0.2).log_prob(mean, x), reference)
     # by hand for one pixel: log N(0.5; 0.3, 0.2^2) = -1/2 (1)^2 - log 0.2 - 1/2 log 2 pi
     one = FixedGaussian(0.2).log_prob(torch.full((1, 1, 1, 1), 0.3), torch.full((1, 1, 1, 1), 0.5))
-    torch.testing.assert_close(one, torch.tensor([-0.5 - math.log(0.2) - 0.5 * math.log(2 * math.pi)]))
+    torch.testing.assert_close(
+        one, torch.tensor([-0.5 - math.log(0.2) - 0.5 * math.log(2 * math.pi)])
+    )
 
 
 def test_loss_is_recon_plus_beta_kl_and_elbo_its_negative():
@@ -65,7 +67,9 @@ def test_loss_is_recon_plus_beta_kl_and_elbo_its_negative():
 def test_elbo_terms_are_per_sample_and_signed_as_costs():
     torch.manual_seed(0)
     x = torch.rand(5, 1, 3, 3)
-    terms = elbo_terms(Bernoulli(), x, torch.randn(5, 1, 3, 3), torch.randn(5, 2), torch.randn(5, 2))
+    terms = elbo_terms(
+        Bernoulli(), x, torch.randn(5, 1, 3, 3), torch.randn(5, 2), torch.randn(5, 2)
+    )
     assert terms.recon.shape == terms.kl.shape == (5,)
     assert (terms.recon > 0).all() and (terms.kl >= 0).all()
 

@@ -44,8 +44,9 @@ def test_train_writes_checkpoints_metrics_images_and_curves(tmp_path, tiny_confi
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5  # training loss fell
 
     pngs = sorted(p.name for p in (tmp_path / "images").iterdir())
-    assert pngs == [f"{kind}_epoch={e:03d}.png" for kind in ("reconstructions", "samples")
-                    for e in range(3)]
+    assert pngs == [
+        f"{kind}_epoch={e:03d}.png" for kind in ("reconstructions", "samples") for e in range(3)
+    ]
 
 
 @pytest.mark.parametrize("logger", ["csv", "wandb"])
@@ -63,8 +64,13 @@ def test_other_loggers(tmp_path, tiny_config, logger, monkeypatch):
 
 def test_multirun_makes_one_directory_per_job(tmp_path):
     result = run_script(
-        "train.py", "-m", *TINY, "trainer.max_epochs=1",
-        "model.beta=0.5,1", "model.latent_dim=2,4", f"hydra.sweep.dir={tmp_path}",
+        "train.py",
+        "-m",
+        *TINY,
+        "trainer.max_epochs=1",
+        "model.beta=0.5,1",
+        "model.latent_dim=2,4",
+        f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name != ".hydra")
@@ -72,7 +78,9 @@ def test_multirun_makes_one_directory_per_job(tmp_path):
     seen = set()
     for job in jobs:
         overrides = (job / ".hydra" / "overrides.yaml").read_text()
-        seen.add(tuple(line for line in overrides.splitlines() if "beta" in line or "latent" in line))
+        seen.add(
+            tuple(line for line in overrides.splitlines() if "beta" in line or "latent" in line)
+        )
         assert math.isfinite(json.loads((job / "metrics.json").read_text())["test/elbo"])
     assert len(seen) == 4
 

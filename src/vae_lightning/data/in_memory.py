@@ -24,8 +24,10 @@ class InMemoryImages(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"expected uint8 images of shape (N, C, H, W), got {images.dtype} "
-                             f"{tuple(images.shape)}")
+            raise ValueError(
+                f"expected uint8 images of shape (N, C, H, W), got {images.dtype} "
+                f"{tuple(images.shape)}"
+            )
         self.images, self.labels = images, labels
 
     def __len__(self) -> int:
