@@ -27,6 +27,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 from matplotlib.lines import Line2D
@@ -245,6 +246,9 @@ def write_report(sweep_dir: Path) -> list[Job]:
 class SweepReport(Callback):
     """Hydra callback: write the report into the sweep directory when a multirun ends."""
 
+    # A local DDP sweep runs the multirun once per process (Lightning starts the others with the
+    # same command line): the report is rank zero's to write.
+    @rank_zero_only
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         write_report(Path(config.hydra.sweep.dir))
 
