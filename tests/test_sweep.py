@@ -182,3 +182,35 @@ def test_ddp_on_two_cpu_processes_trains_and_writes_once(tmp_path):
         f"{kind}_epoch={e:03d}.png" for kind in ("reconstructions", "samples") for e in (0, 1)
     ]
     assert not list(tmp_path.rglob("train_ddp_process_*"))  # no directory of rank 1's own
+
+
+def test_report_reads_metrics_of_other_issues_and_flags_nan_and_killed_jobs(tmp_path):
+    """Job directories as train.py leaves them: evaluation metrics, a NaN run, a killed run."""
+    jobs = {
+        "0": {"test/elbo": -90.0, "test/recon": 80.0, "test/kl": 10.0, "test/iwae_nll": 88.5,
+              "test/active_units": 7, "test/mig": 0.25, "test/kl_per_dim": [1.0, 9.0]},
+        "1": {"test/elbo": math.nan, "test/recon": math.nan, "test/kl": 3.0},
+        "2": None,
+    }  # fmt: skip
+    for name, metrics in jobs.items():
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- model.beta={name}\n")
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(
+            yaml.safe_dump({"model": {"beta": float(name), "latent_dim": 8}})
+        )
+        if metrics:
+            (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    sweep.write_report(tmp_path)
+    rows = read_report(tmp_path)
+    assert [r["status"] for r in rows] == ["ok", "non-finite", "incomplete"]
+    assert (rows[0]["test/iwae_nll"], rows[0]["test/active_units"], rows[0]["test/mig"]) == (
+        "88.5",
+        "7",
+        "0.25",
+    )
+    assert rows[2]["test/elbo"] == ""
+    assert (
+        "| 0 | `model.beta=0` | -90 | 80 | 10 | 88.5 | 7 | 0.25 |"
+        in (tmp_path / "report.md").read_text()
+    )
+    assert_png(tmp_path / "rate_distortion.png")
