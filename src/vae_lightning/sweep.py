@@ -18,7 +18,7 @@ import sys
 import textwrap
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ class Job:
     metrics: dict[str, Any]
     error: str = ""
     samples: Path | None = None
-    label: str = field(default="")
+    label: str = ""
 
     @property
     def status(self) -> str:
@@ -232,6 +232,8 @@ def contact_sheet(jobs: list[Job], path: Path) -> None:
 
 def write_report(sweep_dir: Path) -> list[Job]:
     """Write report.csv, report.md, rate_distortion.png and samples.png into sweep_dir."""
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"SWEEP_DIR={str(sweep_dir)!r} is not a directory")
     jobs, common = read_sweep(sweep_dir)
     if not jobs:
         raise FileNotFoundError(f"no job directories (with .hydra/overrides.yaml) in {sweep_dir}")
@@ -254,7 +256,8 @@ class SweepReport(Callback):
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or not Path(argv[0]).is_dir():
+    """`python -m vae_lightning.sweep SWEEP_DIR`: rewrite the report of a sweep directory."""
+    if len(argv) != 1:
         print("usage: python -m vae_lightning.sweep SWEEP_DIR", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
