@@ -1,9 +1,12 @@
 """Train a VAE: `python train.py [group=option ...] [key=value ...]`; see conf/train.yaml."""
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from vae_lightning.cli import exit_on_config_error, train
+from vae_lightning.cli import exit_on_config_error, prepare_command_line, train
 from vae_lightning.sweep import record_failure_in_multirun
 
 
@@ -15,4 +18,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = prepare_command_line(Path(__file__).parent / "conf", sys.argv[1:])
     main()
