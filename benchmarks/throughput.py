@@ -7,10 +7,9 @@ In one process, with the same model, data, batch size and number of steps, it ti
 (a) a plain loop: shuffle an in-memory float tensor, slice a batch, forward, loss, backward, step;
 (b) `train.py`'s own objects: the VAE LightningModule and the DataModule under Lightning's
     Trainer built from conf/trainer and conf/callbacks (logger, checkpoints, reliability
-    callbacks as configured), with two things off: validation (`limit_val_batches=0`), so the
-    image callbacks, which run after it, do not run either; and the progress bar, as train.py
-    prints one line per epoch instead of a bar when its output is not a terminal (add
-    `trainer.enable_progress_bar=true` to time Lightning's Rich bar, redrawn at every step).
+    callbacks, console callbacks as train.py adds them), with validation off
+    (`limit_val_batches=0`), so the image callbacks, which run after it, do not run either.
+    Its output not being a terminal, the progress bar is train.py's one line per epoch.
 Both compute the loss with the same function (elbo.elbo_terms), so the difference is the
 framework and the data path. Steady state: the clocks start after `--warmup` steps, so Trainer
 start-up is not counted (the whole `fit` call is reported on its own line).
@@ -31,10 +30,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from vae_lightning.callbacks import console_callbacks
+from vae_lightning.cli import instantiate_all
 from vae_lightning.elbo import elbo_terms
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = ["data=fashion_mnist", "model=mlp", "trainer.enable_progress_bar=false"]
+DEFAULTS = ["data=fashion_mnist", "model=mlp"]
 
 
 def clocks(device: torch.device) -> tuple[float, float]:
@@ -91,8 +92,8 @@ def with_lightning(cfg, datamodule, steps: int, warmup: int, tmp: Path):
         cfg.model, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
     )
     clock = StepClock(warmup)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]
-    loggers = [instantiate(c) for c in cfg.logger.values() if c]
+    callbacks = [*instantiate_all(cfg.callbacks), *console_callbacks(cfg.trainer)]
+    loggers = instantiate_all(cfg.logger)
     trainer = instantiate(
         cfg.trainer,
         default_root_dir=tmp,

@@ -43,10 +43,10 @@ def test_train_writes_checkpoints_metrics_images_and_curves(tmp_path, tiny_confi
     assert len(losses) == 48
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5  # training loss fell
 
-    pngs = sorted(p.name for p in (tmp_path / "images").iterdir())
-    assert pngs == [
+    pngs = {p.name for p in (tmp_path / "images").iterdir()}  # test_visualisation checks all
+    assert pngs >= {
         f"{kind}_epoch={e:03d}.png" for kind in ("reconstructions", "samples") for e in range(3)
-    ]
+    }
 
 
 @pytest.mark.parametrize("logger", ["csv", "wandb"])

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from vae_lightning.callbacks import console_callbacks, log_hparams_with_metrics
 from vae_lightning.config import (
     UserError,
     check_config,
@@ -75,9 +76,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.model, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
     )
     loggers = instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False
-    )
+    callbacks = [*instantiate_all(cfg.get("callbacks")), *console_callbacks(cfg.trainer)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     checkpoint = trainer.checkpoint_callback
@@ -94,6 +94,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best_checkpoint=best_path,
     )
     report_metrics(metrics, Path(cfg.paths.output_dir))
+    # Here, not in a callback: only now are all final numbers known, the same as in metrics.json.
+    log_hparams_with_metrics(trainer.loggers, cfg, metrics, trainer.global_step)
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         import wandb
 

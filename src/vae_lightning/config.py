@@ -76,10 +76,20 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 # The model hyperparameters that fix the shapes of the weights in a checkpoint.
 SHAPE_HPARAMS = ("network", "latent_dim", "hidden_dims", "dense_dim")
 
+SAMPLE_MODES = ("prior", "traverse", "interpolate", "reconstruct")
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first value in `cfg` that breaks a rule."""
-    for key, test, allowed in RULES:
+# The rules of sample.py's config (conf/sample.yaml).
+SAMPLE_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("mode", lambda v: v in SAMPLE_MODES, f"one of {', '.join(SAMPLE_MODES)}"),
+    ("n", _positive_int, "a positive integer, e.g. n=64"),
+    ("steps", lambda v: _is_int(v) and v >= 2, "an integer >= 2, e.g. steps=9"),
+    ("span", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. span=3"),
+]
+
+
+def check_config(cfg: DictConfig, rules: list[tuple[str, Callable, str]] = RULES) -> None:
+    """Raise ConfigError for the first value in `cfg` that breaks a rule (train.py's by default)."""
+    for key, test, allowed in rules:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not test(value):
             raise ConfigError(key, value, allowed)

@@ -72,6 +72,7 @@ class VAE(L.LightningModule):
             },
             prog_bar=stage != "test",
             batch_size=images.shape[0],
+            sync_dist=stage != "train",  # under DDP: val/test over all shards, not rank zero's
         )
         return loss
 

@@ -65,14 +65,17 @@ class IndexBatches(Sampler):
     that the dataset turns back into a tensor: a tenth of a millisecond per step.
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool):
-        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+    def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator):
+        self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
     def __iter__(self):
-        order = torch.randperm(self.n) if self.shuffle else torch.arange(self.n)
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=self.generator)
+        else:
+            order = torch.arange(self.n)
         return iter(order.split(self.batch_size))
 
 
@@ -124,7 +127,12 @@ class InMemoryDataModule(L.LightningDataModule):
             )
         # batch_size=None turns off automatic batching: each sampled tensor of indices is one
         # __getitem__ call, so a batch is a single tensor slice.
-        batches = IndexBatches(len(dataset), batch_size, shuffle)
+        # Under DDP, Lightning wraps this sampler in a DistributedSamplerWrapper, which gives each
+        # process every n-th batch of the order the process draws itself: a generator seeded
+        # alike in all processes (seed_everything ran in each) makes that order the same for all,
+        # so the shards are disjoint. It advances each epoch, so epochs are still shuffled apart.
+        generator = torch.Generator().manual_seed(torch.initial_seed())
+        batches = IndexBatches(len(dataset), batch_size, shuffle, generator)
         return DataLoader(dataset, batch_size=None, sampler=batches)
 
     def train_dataloader(self) -> DataLoader:
