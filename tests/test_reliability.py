@@ -65,7 +65,7 @@ def test_bad_value_names_key_and_what_is_allowed(tmp_path, override, key):
     ("argv", "message"),
     [
         (["model=foo"], "model='foo' is not allowed: one of conv, mlp"),
-        (["data=foo", "model.beta=2"], "data='foo' is not allowed: one of shapes"),
+        (["data=foo", "model.beta=2"], "data='foo' is not allowed: one of celeba, cifar10, "),
         (["-m", "model=conv,foo"], "model='foo' is not allowed: one of conv, mlp"),
         (["+experiment=nope"], "experiment='nope' is not allowed: one of beta_vae_shapes"),
     ],

@@ -100,7 +100,7 @@ def test_ddp_ranks_get_disjoint_batches_that_cover_the_data():
         torch.manual_seed(0)  # as seed_everything does in every process
         sampler = data.train_dataloader().sampler
         wrapped = DistributedSamplerWrapper(sampler, num_replicas=2, rank=rank, shuffle=False)
-        shards.append([i for batch in wrapped for i in batch])
+        shards.append([i for batch in wrapped for i in torch.as_tensor(batch).tolist()])
     assert not set(shards[0]) & set(shards[1])
     assert set(shards[0]) | set(shards[1]) == set(range(160))
 

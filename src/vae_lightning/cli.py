@@ -70,6 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     check_image_shape(cfg, datamodule.image_shape)
     ckpt_path = checkpoint_to_resume(cfg, datamodule.image_shape)
+    datamodule.setup()  # load now: a missing data set stops the run here, as a ConfigError
     # Plain lists and dicts, the optimiser left as config: the checkpoint's hparams stay data.
     model = instantiate(
         cfg.model, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"

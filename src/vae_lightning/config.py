@@ -59,6 +59,11 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.gaussian_sigma", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. 0.1"),
     ("model.optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. 1e-3"),
     ("data.batch_size", _positive_int, "a positive integer, e.g. data.batch_size=128"),
+    ("data.image_size", _positive_int, "a positive integer, e.g. data.image_size=32"),
+    ("data.channels", lambda v: v in (1, 3), "1 (grey) or 3 (RGB)"),
+    ("data.binarize", lambda v: v == "dynamic", "dynamic, or null for grey values"),
+    ("data.val_fraction", lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1), e.g. 0.1"),
+    ("data.size", _positive_int, "a positive integer, or null for all images"),
     ("trainer.max_epochs", _is_int, "an integer (-1 for no limit), e.g. trainer.max_epochs=10"),
     ("callbacks.nonfinite.on_nonfinite", lambda v: v in ("stop", "skip"), "stop or skip"),
     (

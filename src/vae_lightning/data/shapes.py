@@ -95,6 +95,6 @@ class ShapesDataModule(InMemoryDataModule):
         images = render(factors, self.image_size)
         n_test = round(self.test_fraction * len(images))
         n_val = round(self.val_fraction * len(images))
-        rest, test = split_off(images, factors, n_test, self.seed)
-        train, val = split_off(rest.images, rest.labels, n_val, self.seed + 1)
+        rest, test = split_off(InMemoryImages(images, factors), n_test, self.seed)
+        train, val = split_off(rest, n_val, self.seed + 1)
         return {"train": train, "val": val, "test": test}
