@@ -5,6 +5,7 @@ parameters of p(x|z), one value per pixel (logits or means, as the likelihood re
 """
 
 import math
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ class GaussianHead(nn.Module):
 
 def mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+    for n_in, n_out in pairwise(sizes):
         layers += [nn.Linear(n_in, n_out), nn.ReLU()]
     return nn.Sequential(*layers)
 
@@ -84,7 +85,7 @@ class ConvEncoder(nn.Module):
         height, width = conv_downsampling(image_shape, len(hidden_dims))
         channels = [image_shape[0], *hidden_dims]
         layers: list[nn.Module] = []
-        for c_in, c_out in zip(channels[:-1], channels[1:]):
+        for c_in, c_out in pairwise(channels):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         flat = hidden_dims[-1] * height * width
         self.body = nn.Sequential(*layers, nn.Flatten(), nn.Linear(flat, dense_dim), nn.ReLU())
@@ -114,7 +115,7 @@ class ConvDecoder(nn.Module):
             nn.ReLU(),
             nn.Unflatten(1, (channels[0], height, width)),
         ]
-        for c_in, c_out in zip(channels[:-1], channels[1:]):
+        for c_in, c_out in pairwise(channels):
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         self.net = nn.Sequential(*layers[:-1])  # no activation on the output parameters
 
