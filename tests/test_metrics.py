@@ -85,9 +85,10 @@ def test_iwae_does_not_depend_on_how_the_draws_are_chunked():
     """k = 7 draws in passes of 3, 3 and 1, or in one pass: the same bound, which is above the
     one-draw bound (so a chunk lost or mis-weighted would show)."""
     torch.manual_seed(0)
-    decoder, likelihood = torch.nn.Linear(2, 5), FixedGaussian(0.3)
-    n = 4000
-    x, mu, logvar = torch.rand(1, 5).expand(n, 5), torch.zeros(n, 2), torch.full((n, 2), 0.5)
+    decoder = torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.Unflatten(1, (1, 1, 5)))
+    likelihood, n = FixedGaussian(0.3), 4000
+    x = torch.rand(1, 1, 1, 5).expand(n, 1, 1, 5)
+    mu, logvar = torch.zeros(n, 2), torch.full((n, 2), 0.5)
     with torch.no_grad():
         chunked = iwae_bound(likelihood, decoder, x, mu, logvar, 7, max_rows=3 * n)
         whole = iwae_bound(likelihood, decoder, x, mu, logvar, 7, max_rows=7 * n)

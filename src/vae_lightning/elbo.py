@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 LOG_2PI = math.log(2 * math.pi)
+# Likelihoods sum over an image's (C, H, W) and keep the leading dims: (batch,) or (samples, batch).
+PIXEL_DIMS = (-3, -2, -1)
 
 
 def gaussian_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -43,9 +45,9 @@ class Bernoulli(nn.Module):
     """p(x|z) = Bernoulli(sigmoid(logits)) per pixel; x may be grey values in [0, 1]."""
 
     def log_prob(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        # BCE-with-logits is the numerically stable form of x log p + (1 - x) log(1 - p).
-        nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-        return -nll.flatten(start_dim=1).sum(dim=1)
+        # x log sigmoid(l) + (1 - x) log(1 - sigmoid(l)) = x l - softplus(l): stable for any l,
+        # cheaper than BCE-with-logits, and x broadcasts over leading sample dims uncopied.
+        return (x * logits).sum(PIXEL_DIMS) - F.softplus(logits).sum(PIXEL_DIMS)
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
@@ -60,7 +62,7 @@ class FixedGaussian(nn.Module):
 
     def log_prob(self, mean: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         log_density = -0.5 * ((x - mean) / self.sigma) ** 2 - math.log(self.sigma) - 0.5 * LOG_2PI
-        return log_density.flatten(start_dim=1).sum(dim=1)
+        return log_density.sum(PIXEL_DIMS)
 
     def mean(self, mean: torch.Tensor) -> torch.Tensor:
         return mean.clamp(0, 1)
@@ -88,7 +90,7 @@ class LearnedGaussian(nn.Module):
     def log_prob(self, mean: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         log_sigma = self.log_sigma.clamp(min=self.min_log_sigma)
         log_density = -0.5 * ((x - mean) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * LOG_2PI
-        return log_density.flatten(start_dim=1).sum(dim=1)
+        return log_density.sum(PIXEL_DIMS)
 
     def mean(self, mean: torch.Tensor) -> torch.Tensor:
         return mean.clamp(0, 1)
@@ -168,7 +170,7 @@ def log_importance_weights(
     log_q = diagonal_gaussian_log_prob(z, mu, logvar)
     log_prior = diagonal_gaussian_log_prob(z)
     decoded = decoder(z.flatten(0, 1))
-    log_lik = likelihood.log_prob(decoded, x.expand(n, *x.shape).flatten(0, 1)).view(n, -1)
+    log_lik = likelihood.log_prob(decoded.view(n, *x.shape), x)
     return log_lik + log_prior - log_q
 
 
