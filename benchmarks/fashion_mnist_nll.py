@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LambdaCallback
 
 from vae_lightning.data import InMemoryDataModule, InMemoryImages
 from vae_lightning.metrics import evaluate_model
@@ -51,6 +52,11 @@ class FashionMNISTFiles(InMemoryDataModule):
         return {"train": split("train"), "val": test, "test": test}
 
 
+def print_epoch(trainer: L.Trainer, model: L.LightningModule) -> None:
+    loss = trainer.callback_metrics["train/loss"].item()
+    print(f"  epoch {trainer.current_epoch} train/loss {loss:.2f}", flush=True)
+
+
 def run(model_name: str, epochs: int, iwae_k: int, iwae_images: int | None) -> dict[str, float]:
     L.seed_everything(1, workers=True)
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
@@ -67,6 +73,7 @@ def run(model_name: str, epochs: int, iwae_k: int, iwae_images: int | None) -> d
         limit_val_batches=0,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[LambdaCallback(on_train_epoch_end=print_epoch)],
     )
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
