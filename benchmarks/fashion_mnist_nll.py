@@ -78,6 +78,8 @@ def run(model_name: str, epochs: int, iwae_k: int, iwae_images: int | None) -> d
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     train_s = time.perf_counter() - started
+    # Kept for a later `eval.py ckpt_path=... data=<a Fashion-MNIST config>` (larger k, say).
+    trainer.save_checkpoint(ROOT / "benchmarks" / "outputs" / f"fashion_mnist_{model_name}.ckpt")
     test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
 
     if iwae_images:  # IWAE on the first n test images only, where all 10k would take too long
