@@ -3,6 +3,7 @@
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,25 +18,44 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from vae_lightning.config import ConfigError, check_config, check_image_shape
+from vae_lightning.config import (
+    ConfigError,
+    UserError,
+    check_config,
+    check_group_choices,
+    check_image_shape,
+    checkpoint_to_resume,
+)
 from vae_lightning.metrics import evaluate_model
 from vae_lightning.module import VAE
+from vae_lightning.reliability import resume_arguments
 
 log = logging.getLogger(__name__)
 
 
-def exit_on_config_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Turn a ConfigError into one line on stderr and exit status 2, instead of a traceback."""
+def exit_on_config_error(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a ConfigError (any UserError) into one line on stderr and its exit status (2 for a
+    config), instead of a traceback; HYDRA_FULL_ERROR=1 keeps the traceback."""
 
     @functools.wraps(main)
-    def wrapper(cfg: DictConfig) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return main(cfg)
-        except ConfigError as error:
+            return main(*args, **kwargs)
+        except UserError as error:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
             print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(error.exit_code)
 
     return wrapper
+
+
+@exit_on_config_error
+def prepare_command_line(config_dir: str | Path, argv: list[str]) -> list[str]:
+    """The arguments for Hydra: `resume=<run dir>` expanded, unknown group options refused."""
+    argv = resume_arguments(argv)
+    check_group_choices(config_dir, argv)
+    return argv
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -51,6 +71,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data)
     check_image_shape(cfg, datamodule.image_shape)
+    ckpt_path = checkpoint_to_resume(cfg, datamodule.image_shape)
     # Plain lists and dicts, the optimiser left as config: the checkpoint's hparams stay data.
     model = instantiate(
         cfg.model, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
@@ -60,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False
     )
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
     trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)

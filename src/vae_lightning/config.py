@@ -1,16 +1,32 @@
 """Config checks at the point where a config enters, each failure one line naming key and fix."""
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import torch
+from hydra import initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning.elbo import LIKELIHOODS, SIGMA_PER
 from vae_lightning.networks import NETWORKS, conv_downsampling
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message is the whole story, shown without traceback."""
+class UserError(Exception):
+    """An error whose message is the whole story: shown as one line, no traceback (see cli)."""
+
+    exit_code = 1
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work."""
+
+    exit_code = 2
 
     def __init__(self, key: str, value: Any, allowed: str):
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
@@ -50,7 +66,16 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.max_epochs", _is_int, "an integer (-1 for no limit), e.g. trainer.max_epochs=10"),
     ("eval.iwae_k", _positive_int, "a positive integer of importance samples, e.g. 1000"),
     ("eval.max_rows", _positive_int, "a positive integer of decoder rows per pass, e.g. 8192"),
+    ("callbacks.nonfinite.on_nonfinite", lambda v: v in ("stop", "skip"), "stop or skip"),
+    (
+        "callbacks.step_checkpoint.every_n_train_steps",
+        _positive_int,
+        "a positive integer, e.g. callbacks.step_checkpoint.every_n_train_steps=50",
+    ),
 ]
+
+# The model hyperparameters that fix the shapes of the weights in a checkpoint.
+SHAPE_HPARAMS = ("network", "latent_dim", "hidden_dims", "dense_dim")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -69,3 +94,72 @@ def check_image_shape(cfg: DictConfig, image_shape: tuple[int, int, int]) -> Non
         conv_downsampling(image_shape, len(cfg.model.hidden_dims))
     except ValueError as error:
         raise ConfigError("model.hidden_dims", list(cfg.model.hidden_dims), str(error)) from None
+
+
+def check_group_choices(config_dir: str | Path, argv: list[str]) -> None:
+    """Raise ConfigError for a command-line option of a config group that does not exist.
+
+    Hydra finds an unknown option (`model=foo`) while composing, before any of our code runs,
+    and reports it in a dozen lines; this asks Hydra's own config loader for the options of each
+    group named on the command line, sweeps (`model=conv,foo`) included, before Hydra starts.
+    Anything this does not understand is left for Hydra to report.
+    """
+    # Hydra's own argument parser, so that flags (-m, --cfg job) are read as Hydra reads them.
+    args = get_args_parser().parse_known_args(argv)[0]
+    extra = Path(args.config_dir) if args.config_dir else None
+    if args.config_path or (extra and extra.is_dir() and any(p.is_dir() for p in extra.iterdir())):
+        return  # options may come from groups in other config folders: Hydra knows them
+    try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except HydraException:
+        return
+    with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        for override in parsed:
+            group, value = override.key_or_group, override.value()
+            options = loader.get_group_options(group)
+            if not options or override.is_delete():
+                continue  # a value such as model.beta, not a group
+            for choice in value.list if isinstance(value, ChoiceSweep) else [value]:
+                if isinstance(choice, str) and choice not in options:
+                    allowed = f"one of {', '.join(options)} (the files in conf/{group}/)"
+                    raise ConfigError(group, choice, allowed)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else value
+
+
+def checkpoint_to_resume(cfg: DictConfig, image_shape: tuple[int, int, int]) -> str | None:
+    """The checkpoint `ckpt_path` names, checked against the model config; None to start afresh.
+
+    `ckpt_path=last` is this run's `checkpoints/last.ckpt`, or a fresh start when there is none
+    yet (as in Lightning), so a scheduler can repeat one command until the run is done.
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "last":
+        checkpoint_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+        last = Path(checkpoint_dir or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
+        ckpt_path = str(last) if last.is_file() else None
+    if ckpt_path is None:
+        return None
+    allowed = "the path of a .ckpt file written by train.py, last, or null"
+    if not Path(ckpt_path).is_file():
+        raise ConfigError("ckpt_path", ckpt_path, f"no such file; {allowed}")
+    try:
+        # mmap: only the metadata read here is loaded, not the weights.
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        hparams = checkpoint["hyper_parameters"]
+    except Exception:  # torch raises many types for a file that is not a checkpoint
+        raise ConfigError("ckpt_path", ckpt_path, f"not a checkpoint; {allowed}") from None
+    keys = [k for k in SHAPE_HPARAMS if k != "dense_dim" or cfg.model.network == "conv"]
+    configured = {f"model.{key}": cfg.model.get(key) for key in keys}
+    saved = {f"model.{key}": hparams.get(key) for key in keys}
+    configured["data.image_shape"] = image_shape
+    saved["data.image_shape"] = hparams.get("image_shape")
+    for key, value in configured.items():
+        if _plain(value) != _plain(saved[key]):
+            raise ConfigError(
+                key, _plain(value), f"the checkpoint {ckpt_path} has {key}={_plain(saved[key])}"
+            )
+    return ckpt_path

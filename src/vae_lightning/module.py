@@ -95,7 +95,12 @@ class VAE(L.LightningModule):
             if hasattr(self.likelihood, "sigma"):
                 logged["train/gaussian_sigma"] = self.likelihood.sigma.detach().mean()
         # Logged as tensors: Lightning reduces them on its own schedule, with no host sync here.
-        self.log_dict(logged, prog_bar=stage != "test", batch_size=images.shape[0])
+        self.log_dict(
+            logged,
+            prog_bar=stage != "test",
+            batch_size=images.shape[0],
+            sync_dist=stage != "train",  # under DDP: val/test over all shards, not rank zero's
+        )
         return loss
 
     def training_step(self, batch, batch_idx):

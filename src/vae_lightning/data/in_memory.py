@@ -83,7 +83,14 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         dataset = self.split(name)
-        order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        # Under DDP, Lightning wraps this sampler in a DistributedSamplerWrapper, which gives each
+        # process every n-th batch of the order the process draws itself: a generator seeded
+        # alike in all processes (seed_everything ran in each) makes that order the same for all,
+        # so the shards are disjoint. It advances each epoch, so epochs are still shuffled apart.
+        generator = torch.Generator().manual_seed(torch.initial_seed())
+        order = (
+            RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        )
         batch_size = self.batch_size if shuffle else self.eval_batch_size
         # batch_size=None turns off automatic batching: each sampled list of indices is one
         # __getitem__ call, so a batch is a single tensor slice.

@@ -1,0 +1,216 @@
+"""Sweeps end to end: the report, a failing job, the joblib launcher, Optuna, and DDP on CPU."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from omegaconf import open_dict
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import ROOT, TINY, run_script
+from vae_lightning import sweep
+from vae_lightning.data import ShapesDataModule
+
+
+def read_report(sweep_dir):
+    with (sweep_dir / "report.csv").open() as file:
+        return list(csv.DictReader(file))
+
+
+def assert_png(path, min_side=100):
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) >= min_side
+
+
+def hydra_config(*overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.fixture
+def job_in_hydra(tmp_path):
+    """The config of a job as Hydra hands it over, with HydraConfig set as inside the job."""
+
+    def make(mode):
+        cfg = hydra_config()
+        with open_dict(cfg):
+            cfg.hydra.mode = mode
+            cfg.hydra.runtime.output_dir = str(tmp_path)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield make
+    HydraConfig.instance().cfg = None  # no Hydra job seen by the tests that follow
+
+
+@pytest.mark.parametrize("mode", [RunMode.RUN, RunMode.MULTIRUN])
+def test_a_failing_job_is_recorded_only_in_a_multirun(tmp_path, job_in_hydra, mode):
+    cfg = job_in_hydra(mode)
+
+    @sweep.record_failure_in_multirun
+    def job(cfg):
+        raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+
+    if mode == RunMode.RUN:
+        with pytest.raises(RuntimeError):
+            job(cfg)
+        assert not (tmp_path / sweep.ERROR_FILE).exists()
+    else:
+        assert job(cfg) is None
+        lines = (tmp_path / sweep.ERROR_FILE).read_text().splitlines()
+        assert lines[0] == "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
+        assert "Traceback" in lines[2]
+        # a NaN objective would end an Optuna study: it becomes a failed trial instead
+        assert sweep.record_failure_in_multirun(lambda cfg: math.nan)(cfg) is None
+
+
+def test_launcher_and_search_configs_compose():
+    slurm = hydra_config("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4")
+    launcher = slurm.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 1)
+    assert slurm.hydra.callbacks.sweep_report._target_ == "vae_lightning.sweep.SweepReport"
+    joblib = hydra_config("hydra/launcher=joblib")
+    assert joblib.hydra.launcher._target_.endswith("JoblibLauncher")
+    optuna = hydra_config("hparams_search=optuna")
+    assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert set(optuna.hydra.sweeper.params) == {
+        "model.optimizer.lr",
+        "model.beta",
+        "model.latent_dim",
+    }
+    assert optuna.hydra.mode == RunMode.MULTIRUN
+
+
+def test_ddp_ranks_get_disjoint_batches_that_cover_the_data():
+    """What Lightning does to the train loader under DDP, done for two ranks by hand."""
+    data = ShapesDataModule(size=200, val_fraction=0.1, test_fraction=0.1, batch_size=16)
+    shards = []
+    for rank in (0, 1):
+        torch.manual_seed(0)  # as seed_everything does in every process
+        sampler = data.train_dataloader().sampler
+        wrapped = DistributedSamplerWrapper(sampler, num_replicas=2, rank=rank, shuffle=False)
+        shards.append([i for batch in wrapped for i in batch])
+    assert not set(shards[0]) & set(shards[1])
+    assert set(shards[0]) | set(shards[1]) == set(range(160))
+
+
+@pytest.mark.slow
+def test_multirun_in_parallel_reports_every_job_and_failures(tmp_path):
+    # latent_dim=0 fails inside each of its two jobs: the sweep goes on and reports them
+    result = run_script(
+        "train.py", "-m", *TINY, "trainer.max_epochs=1", "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2", "model.beta=0.5,2", "model.latent_dim=4,0",
+        f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    rows = read_report(tmp_path)
+    assert [r["job"] for r in rows] == ["0", "1", "2", "3"]
+    done = [r for r in rows if "model.latent_dim=0" not in r["overrides"]]
+    failed = [r for r in rows if "model.latent_dim=0" in r["overrides"]]
+    assert [r["status"] for r in done] == ["ok", "ok"]
+    assert [r["status"] for r in failed] == ["failed", "failed"]
+    for row in done:
+        metrics = json.loads((tmp_path / row["job"] / "metrics.json").read_text())
+        assert float(row["test/kl"]) == pytest.approx(metrics["test/kl"])
+        assert float(row["test/recon"]) == pytest.approx(metrics["test/recon"])
+        assert float(row["wall_time_s"]) > 0 and row["error"] == ""
+        assert row["test/iwae_nll"] == "" or math.isfinite(float(row["test/iwae_nll"]))
+    for row in failed:
+        assert row["error"].startswith("ConfigError: model.latent_dim=0 is not allowed")
+        assert row["test/elbo"] == ""
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| `model.latent_dim=0 model.beta=0.5` |" in markdown
+    assert_png(tmp_path / "rate_distortion.png")
+    assert_png(tmp_path / "samples.png")
+
+    # rebuilt from the finished directory alone, the same report
+    before = (tmp_path / "report.csv").read_text()
+    for name in ("report.csv", "report.md", "rate_distortion.png", "samples.png"):
+        (tmp_path / name).unlink()
+    assert sweep.main([str(tmp_path)]) == 0
+    assert (tmp_path / "report.csv").read_text() == before
+    assert_png(tmp_path / "samples.png")
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_trials_and_reports_the_best(tmp_path):
+    result = run_script(
+        "train.py", *(o for o in TINY if not o.startswith("model.latent_dim")),
+        "trainer.max_epochs=1", "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2", "model.latent_dim=choice(2,4)", f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"model.optimizer.lr", "model.beta", "model.latent_dim"}
+    rows = read_report(tmp_path)
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert best["best_value"] == pytest.approx(min(float(r["best_val/loss"]) for r in rows))
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_trains_and_writes_once(tmp_path):
+    result = run_script(
+        "train.py", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Starting with 2 processes" in result.stdout + result.stderr
+    assert [p.name for p in tmp_path.rglob("metrics.json")] == ["metrics.json"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 2 * 8  # 512 training images / 32 per batch / 2 ranks, 2 epochs
+    assert math.isfinite(metrics["test/elbo"])
+
+    # one logger: every event file from one process, each training step logged once
+    event_files = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert len({f.name.split(".")[4] for f in event_files}) == 1  # the writer's pid
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(16))
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [
+        f"{kind}_epoch={e:03d}.png" for kind in ("reconstructions", "samples") for e in (0, 1)
+    ]
+    assert not list(tmp_path.rglob("train_ddp_process_*"))  # no directory of rank 1's own
+
+
+def test_report_reads_metrics_of_other_issues_and_flags_nan_and_killed_jobs(tmp_path):
+    """Job directories as train.py leaves them: evaluation metrics, a NaN run, a killed run."""
+    jobs = {
+        "0": {"test/elbo": -90.0, "test/recon": 80.0, "test/kl": 10.0, "test/iwae_nll": 88.5,
+              "test/active_units": 7, "test/mig": 0.25, "test/kl_per_dim": [1.0, 9.0]},
+        "1": {"test/elbo": math.nan, "test/recon": math.nan, "test/kl": 3.0},
+        "2": None,
+    }  # fmt: skip
+    for name, metrics in jobs.items():
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- model.beta={name}\n")
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(
+            yaml.safe_dump({"model": {"beta": float(name), "latent_dim": 8}})
+        )
+        if metrics:
+            (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    sweep.write_report(tmp_path)
+    rows = read_report(tmp_path)
+    assert [r["status"] for r in rows] == ["ok", "non-finite", "incomplete"]
+    assert (rows[0]["test/iwae_nll"], rows[0]["test/active_units"], rows[0]["test/mig"]) == (
+        "88.5",
+        "7",
+        "0.25",
+    )
+    assert rows[2]["test/elbo"] == ""
+    assert (
+        "| 0 | `model.beta=0` | -90 | 80 | 10 | 88.5 | 7 | 0.25 |"
+        in (tmp_path / "report.md").read_text()
+    )
+    assert_png(tmp_path / "rate_distortion.png")
