@@ -13,7 +13,7 @@ from hydra.core.override_parser.types import ChoiceSweep
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lightning.elbo import LIKELIHOODS
+from vae_lightning.elbo import LIKELIHOODS, SIGMA_PER
 from vae_lightning.networks import NETWORKS, conv_downsampling
 
 
@@ -57,6 +57,10 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.hidden_dims", _positive_ints, "a non-empty list of positive integers, e.g. [32,64]"),
     ("model.dense_dim", _positive_int, "a positive integer, e.g. model.dense_dim=256"),
     ("model.gaussian_sigma", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. 0.1"),
+    ("model.gaussian_sigma_per", lambda v: v in SIGMA_PER, f"one of {', '.join(SIGMA_PER)}"),
+    ("model.kl_warmup", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no warm-up)"),
+    ("model.kl_warmup_unit", lambda v: v in ("steps", "epochs"), "one of steps, epochs"),
+    ("model.free_bits", lambda v: _is_number(v) and v >= 0, "a number >= 0 of nats, e.g. 0.5"),
     ("model.optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. 1e-3"),
     ("data.batch_size", _positive_int, "a positive integer, e.g. data.batch_size=128"),
     ("data.image_size", _positive_int, "a positive integer, e.g. data.image_size=32"),
@@ -65,6 +69,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.val_fraction", lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1), e.g. 0.1"),
     ("data.size", _positive_int, "a positive integer, or null for all images"),
     ("trainer.max_epochs", _is_int, "an integer (-1 for no limit), e.g. trainer.max_epochs=10"),
+    ("eval.iwae_k", _positive_int, "a positive integer of importance samples, e.g. 1000"),
+    ("eval.max_rows", _positive_int, "a positive integer of decoder rows per pass, e.g. 8192"),
     ("callbacks.nonfinite.on_nonfinite", lambda v: v in ("stop", "skip"), "stop or skip"),
     (
         "callbacks.step_checkpoint.every_n_train_steps",

@@ -1,10 +1,12 @@
-"""The mathematics of the VAE as pure tensor functions: likelihoods, the Gaussian KL and the ELBO.
+"""The mathematics of the VAE as pure tensor functions: likelihoods, the Gaussian KL, the ELBO and
+the importance-weighted bound (IWAE).
 
 Conventions used everywhere in this project: every quantity is per sample, summed over pixels and
 latent dimensions; averaging over the batch happens only where a loss is formed.
 """
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -12,11 +14,26 @@ import torch.nn.functional as F
 from torch import nn
 
 LOG_2PI = math.log(2 * math.pi)
+# Likelihoods sum over an image's (C, H, W) and keep the leading dims: (batch,) or (samples, batch).
+PIXEL_DIMS = (-3, -2, -1)
+
+
+def gaussian_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_d, sigma_d^2) || N(0, 1)) = -1/2 (1 + log sigma_d^2 - sigma_d^2 - mu_d^2) each."""
+    return -0.5 * (1 + logvar - logvar.exp() - mu.pow(2))
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, sigma^2) || N(0, I)) = -1/2 sum(1 + log sigma^2 - sigma^2 - mu^2), per sample."""
-    return -0.5 * (1 + logvar - logvar.exp() - mu.pow(2)).sum(dim=-1)
+    """KL(N(mu, sigma^2) || N(0, I)), per sample: the per-dimension KLs summed."""
+    return gaussian_kl_per_dim(mu, logvar).sum(dim=-1)
+
+
+def diagonal_gaussian_log_prob(
+    z: torch.Tensor, mu: torch.Tensor | float = 0.0, logvar: torch.Tensor | float = 0.0
+) -> torch.Tensor:
+    """log N(z; mu, diag(exp(logvar))) summed over the last dim; the defaults give the prior."""
+    logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
+    return -0.5 * ((z - mu).pow(2) * (-logvar).exp() + logvar + LOG_2PI).sum(dim=-1)
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -28,9 +45,9 @@ class Bernoulli(nn.Module):
     """p(x|z) = Bernoulli(sigmoid(logits)) per pixel; x may be grey values in [0, 1]."""
 
     def log_prob(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        # BCE-with-logits is the numerically stable form of x log p + (1 - x) log(1 - p).
-        nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-        return -nll.flatten(start_dim=1).sum(dim=1)
+        # x log sigmoid(l) + (1 - x) log(1 - sigmoid(l)) = x l - softplus(l): stable for any l,
+        # cheaper than BCE-with-logits, and x broadcasts over leading sample dims uncopied.
+        return (x * logits).sum(PIXEL_DIMS) - F.softplus(logits).sum(PIXEL_DIMS)
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
@@ -45,32 +62,82 @@ class FixedGaussian(nn.Module):
 
     def log_prob(self, mean: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         log_density = -0.5 * ((x - mean) / self.sigma) ** 2 - math.log(self.sigma) - 0.5 * LOG_2PI
-        return log_density.flatten(start_dim=1).sum(dim=1)
+        return log_density.sum(PIXEL_DIMS)
 
     def mean(self, mean: torch.Tensor) -> torch.Tensor:
         return mean.clamp(0, 1)
 
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+class LearnedGaussian(nn.Module):
+    """p(x|z) = N(x; mean, sigma^2 I) with sigma a parameter learned with the networks: one sigma
+    for every pixel (`per="image"`) or one per channel (`per="channel"`).
+
+    Maximum likelihood in sigma balances the two ELBO terms by itself (sigma-VAE, Rybkin et al.
+    2021), where a fixed sigma is a hand-set weight on the reconstruction. sigma is kept above
+    `min_sigma`: on near-binary images it would otherwise shrink towards 0 and the density diverge.
+    """
+
+    def __init__(self, channels: int, sigma: float = 0.1, per: str = "image", min_sigma=1e-3):
+        super().__init__()
+        shape = (channels, 1, 1) if per == "channel" else (1, 1, 1)
+        self.log_sigma = nn.Parameter(torch.full(shape, math.log(sigma)))
+        self.min_log_sigma = math.log(min_sigma)
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        return self.log_sigma.clamp(min=self.min_log_sigma).exp()
+
+    def log_prob(self, mean: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        log_sigma = self.log_sigma.clamp(min=self.min_log_sigma)
+        log_density = -0.5 * ((x - mean) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * LOG_2PI
+        return log_density.sum(PIXEL_DIMS)
+
+    def mean(self, mean: torch.Tensor) -> torch.Tensor:
+        return mean.clamp(0, 1)
 
 
-def build_likelihood(name: str, gaussian_sigma: float) -> nn.Module:
-    return FixedGaussian(gaussian_sigma) if name == "gaussian" else Bernoulli()
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
+SIGMA_PER = ("image", "channel")
+
+
+def build_likelihood(
+    name: str, gaussian_sigma: float, channels: int = 1, sigma_per: str = "image"
+) -> nn.Module:
+    """The likelihood named by `model.likelihood`; gaussian_sigma is its fixed or initial sigma."""
+    if name == "gaussian":
+        return FixedGaussian(gaussian_sigma)
+    if name == "gaussian_learned":
+        return LearnedGaussian(channels, gaussian_sigma, sigma_per)
+    return Bernoulli()
 
 
 class ELBOTerms(NamedTuple):
-    """Per-sample terms: recon = -log p(x|z) and kl = KL(q(z|x) || p(z)); elbo = -(recon + kl)."""
+    """Per-sample terms: recon = -log p(x|z) and kl = KL(q(z|x) || p(z)); elbo = -(recon + kl).
+
+    kl_per_dim (batch, latent_dim), when given, sums to kl; free bits need it.
+    """
 
     recon: torch.Tensor
     kl: torch.Tensor
+    kl_per_dim: torch.Tensor | None = None
 
     @property
     def elbo(self) -> torch.Tensor:
         return -(self.recon + self.kl)
 
-    def loss(self, beta: float = 1.0) -> torch.Tensor:
-        """The training loss: the batch mean of recon + beta * KL (beta = 1 gives the -ELBO)."""
-        return self.recon.mean() + beta * self.kl.mean()
+    def loss(self, beta: float = 1.0, free_bits: float = 0.0) -> torch.Tensor:
+        """The training loss: the batch mean of recon + beta * KL (beta = 1 gives the -ELBO).
+
+        With free_bits = lambda > 0 the KL term is sum_d max(lambda, mean over the batch of KL_d)
+        (Kingma et al. 2016): a dimension that carries less than lambda nats is not pushed further
+        towards the prior, which keeps it from collapsing. This changes the loss only, never the
+        ELBO.
+        """
+        if free_bits > 0:
+            kl_term = self.kl_per_dim.mean(dim=0).clamp(min=free_bits).sum()
+        else:
+            kl_term = self.kl.mean()
+        return self.recon.mean() + beta * kl_term
 
 
 def elbo_terms(
@@ -81,4 +148,52 @@ def elbo_terms(
     logvar: torch.Tensor,
 ) -> ELBOTerms:
     """One-sample Monte Carlo estimate of -E_q[log p(x|z)] and the closed-form KL."""
-    return ELBOTerms(recon=-likelihood.log_prob(decoder_output, x), kl=gaussian_kl(mu, logvar))
+    kl_per_dim = gaussian_kl_per_dim(mu, logvar)
+    return ELBOTerms(
+        recon=-likelihood.log_prob(decoder_output, x),
+        kl=kl_per_dim.sum(dim=-1),
+        kl_per_dim=kl_per_dim,
+    )
+
+
+def log_importance_weights(
+    likelihood: nn.Module,
+    decoder: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    n: int,
+) -> torch.Tensor:
+    """log p(x, z_i) - log q(z_i|x) for n draws z_i ~ q(z|x) per image: shape (n, batch)."""
+    eps = torch.randn(n, *mu.shape, dtype=mu.dtype, device=mu.device)
+    z = mu + eps * (0.5 * logvar).exp()
+    log_q = diagonal_gaussian_log_prob(z, mu, logvar)
+    log_prior = diagonal_gaussian_log_prob(z)
+    decoded = decoder(z.flatten(0, 1))
+    log_lik = likelihood.log_prob(decoded.view(n, *x.shape), x)
+    return log_lik + log_prior - log_q
+
+
+def iwae_bound(
+    likelihood: nn.Module,
+    decoder: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    k: int,
+    max_rows: int = 8192,
+) -> torch.Tensor:
+    """The importance-weighted bound log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), per image
+    (Burda et al. 2016): a lower bound on log p(x) that rises towards it as k grows; k = 1 is the
+    ELBO. The k draws go through the decoder in chunks of at most `max_rows` images, so memory
+    stays bounded for any k; each chunk is reduced by log-sum-exp before the next one is drawn.
+    """
+    per_chunk = max(1, max_rows // x.shape[0])
+    partial = [
+        torch.logsumexp(
+            log_importance_weights(likelihood, decoder, x, mu, logvar, min(per_chunk, k - done)),
+            dim=0,
+        )
+        for done in range(0, k, per_chunk)
+    ]
+    return torch.logsumexp(torch.stack(partial), dim=0) - math.log(k)

@@ -17,6 +17,11 @@ class VAE(L.LightningModule):
     `VAE.load_from_checkpoint(path)` rebuilds the model with nothing else at hand (and with
     torch.load's safe `weights_only` unpickler). `optimizer` is a Hydra config of a partial
     optimiser, e.g. {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}.
+
+    Remedies for posterior collapse, in the training loss only (validation, test and every
+    reported ELBO use beta and no free bits): `kl_warmup` ramps the KL weight linearly from 0 to
+    beta over that many `kl_warmup_unit` ("steps" or "epochs"); `free_bits` is a floor of that
+    many nats per latent dimension on the KL term (see ELBOTerms.loss).
     """
 
     def __init__(
@@ -28,7 +33,11 @@ class VAE(L.LightningModule):
         dense_dim: int = 256,
         likelihood: str = "bernoulli",
         gaussian_sigma: float = 0.1,
+        gaussian_sigma_per: str = "image",
         beta: float = 1.0,
+        kl_warmup: int = 0,
+        kl_warmup_unit: str = "steps",
+        free_bits: float = 0.0,
         optimizer: dict[str, Any] | None = None,
     ):
         super().__init__()
@@ -37,7 +46,9 @@ class VAE(L.LightningModule):
         self.encoder, self.decoder = build_networks(
             network, self.image_shape, latent_dim, list(hidden_dims), dense_dim
         )
-        self.likelihood = build_likelihood(likelihood, gaussian_sigma)
+        self.likelihood = build_likelihood(
+            likelihood, gaussian_sigma, self.image_shape[0], gaussian_sigma_per
+        )
         self.beta = beta
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -56,20 +67,38 @@ class VAE(L.LightningModule):
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         return self.likelihood.mean(self.decoder(z))
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def kl_weight(self, batch_idx: int) -> float:
+        """beta, ramped linearly from 0 during the KL warm-up; computed on the host, no sync."""
+        warmup = self.hparams.kl_warmup
+        if warmup <= 0:
+            return self.beta
+        if self.hparams.kl_warmup_unit == "epochs":
+            progress = self.current_epoch + batch_idx / max(1, self.trainer.num_training_batches)
+        else:
+            progress = self.global_step
+        return self.beta * min(1.0, progress / warmup)
+
+    def _step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, beta: float, free_bits=0.0
+    ) -> torch.Tensor:
         images, _ = batch
         terms = self.elbo_terms(images)
-        loss = terms.loss(self.beta)
+        loss = terms.loss(beta, free_bits)
         if stage == "train" and not self._logs_this_step():
             return loss
+        logged = {
+            f"{stage}/loss": loss,
+            f"{stage}/recon": terms.recon.mean(),
+            f"{stage}/kl": terms.kl.mean(),
+            f"{stage}/elbo": terms.elbo.mean(),
+        }
+        if stage == "train":
+            logged["train/beta"] = beta
+            if hasattr(self.likelihood, "sigma"):
+                logged["train/gaussian_sigma"] = self.likelihood.sigma.detach().mean()
         # Logged as tensors: Lightning reduces them on its own schedule, with no host sync here.
         self.log_dict(
-            {
-                f"{stage}/loss": loss,
-                f"{stage}/recon": terms.recon.mean(),
-                f"{stage}/kl": terms.kl.mean(),
-                f"{stage}/elbo": terms.elbo.mean(),
-            },
+            logged,
             prog_bar=stage != "test",
             batch_size=images.shape[0],
             sync_dist=stage != "train",  # under DDP: val/test over all shards, not rank zero's
@@ -86,13 +115,13 @@ class VAE(L.LightningModule):
         return bool(trainer.fast_dev_run) or (every > 0 and (self.global_step + 1) % every == 0)
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        return self._step(batch, "train", self.kl_weight(batch_idx), self.hparams.free_bits)
 
     def validation_step(self, batch, batch_idx):
-        return self._step(batch, "val")
+        return self._step(batch, "val", self.beta)
 
     def test_step(self, batch, batch_idx):
-        return self._step(batch, "test")
+        return self._step(batch, "test", self.beta)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.hparams.optimizer is None:

@@ -1,0 +1,166 @@
+"""The ELBO, the KL and the IWAE bound checked against a model whose log p(x) is known exactly.
+
+A linear-Gaussian VAE: prior z ~ N(0, I), decoder x = W z + b + sigma * eps. Then
+log p(x) = log N(x; b, W W^T + sigma^2 I), and p(z|x) = N(m, S) with S = (I + W^T W / sigma^2)^-1
+and m = S W^T (x - b) / sigma^2. The estimators run through the project's own code: the VAE
+module's elbo_terms (likelihood classes, reparameterisation, KL) and elbo.iwae_bound.
+"""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import MultivariateNormal, kl_divergence
+
+from vae_lightning.elbo import (
+    diagonal_gaussian_log_prob,
+    gaussian_kl,
+    iwae_bound,
+    log_importance_weights,
+    reparameterize,
+)
+from vae_lightning.module import VAE
+
+DX, DZ, SIGMA = 6, 3, 0.2
+F64 = torch.float64
+
+
+class FixedPosterior(nn.Module):
+    """An 'encoder' giving the same diagonal Gaussian q for every image of the batch."""
+
+    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
+        super().__init__()
+        self.mu, self.logvar = mu, logvar
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = x.shape[0]
+        return self.mu.expand(batch, DZ), self.logvar.expand(batch, DZ)
+
+
+class LinearGaussian:
+    """W, b, a data point x drawn from the model, and the exact quantities."""
+
+    def __init__(self, seed: int, orthogonal: bool = False):
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(DX, DZ, generator=g, dtype=F64)
+        if orthogonal:  # orthogonal columns: W^T W and so the exact posterior are diagonal
+            w = torch.linalg.qr(w).Q * torch.tensor([2.0, 1.0, 0.5], dtype=F64)
+        self.w, self.b = w, torch.randn(DX, generator=g, dtype=F64)
+        z = torch.randn(DZ, generator=g, dtype=F64)
+        self.x = self.w @ z + self.b + SIGMA * torch.randn(DX, generator=g, dtype=F64)
+
+    def log_px(self) -> float:
+        cov = self.w @ self.w.T + SIGMA**2 * torch.eye(DX, dtype=F64)
+        return MultivariateNormal(self.b, cov).log_prob(self.x).item()
+
+    def posterior(self) -> MultivariateNormal:
+        cov = torch.linalg.inv(torch.eye(DZ, dtype=F64) + self.w.T @ self.w / SIGMA**2)
+        return MultivariateNormal(cov @ self.w.T @ (self.x - self.b) / SIGMA**2, cov)
+
+    def analytic_elbo(self, mu: torch.Tensor, logvar: torch.Tensor) -> float:
+        """E_q[log p(x|z)] in closed form, minus the project's closed-form KL(q || p(z))."""
+        residual = self.x - self.w @ mu - self.b
+        spread = (self.w.pow(2) * logvar.exp()).sum()  # tr(W diag(s^2) W^T)
+        expected_log_lik = (
+            -0.5 * DX * math.log(2 * math.pi * SIGMA**2)
+            - 0.5 * (residual.pow(2).sum() + spread) / SIGMA**2
+        )
+        return (expected_log_lik - gaussian_kl(mu, logvar)).item()
+
+    def vae(self, mu: torch.Tensor, logvar: torch.Tensor) -> VAE:
+        """The project's VAE module with this decoder, a fixed q, and the fixed-sigma likelihood."""
+        model = VAE((1, 1, DX), "mlp", DZ, (4,), likelihood="gaussian", gaussian_sigma=SIGMA)
+        decoder = nn.Linear(DZ, DX).double()
+        decoder.weight.data, decoder.bias.data = self.w.clone(), self.b.clone()
+        model.decoder = nn.Sequential(decoder, nn.Unflatten(1, (1, 1, DX)))
+        model.encoder = FixedPosterior(mu, logvar)
+        return model
+
+    def images(self, n: int) -> torch.Tensor:
+        return self.x.view(1, 1, 1, DX).expand(n, 1, 1, DX)
+
+
+def diagonal_q(model: LinearGaussian) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deliberately imperfect diagonal q: the posterior's mean shifted, its variance doubled."""
+    post = model.posterior()
+    return post.mean + 0.5 * post.stddev, (2 * post.variance).log()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_log_px_is_elbo_plus_kl_to_the_exact_posterior(seed):
+    model = LinearGaussian(seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    mu, logvar = torch.randn(DZ, generator=g, dtype=F64), torch.randn(DZ, generator=g, dtype=F64)
+    q = MultivariateNormal(mu, torch.diag(logvar.exp()))
+    gap = kl_divergence(q, model.posterior()).item()
+    assert model.log_px() == pytest.approx(model.analytic_elbo(mu, logvar) + gap, abs=1e-4)
+    assert gap > 0.1  # a real gap, so the identity is not met by ELBO = log p(x) alone
+
+
+def test_elbo_equals_log_px_when_q_is_the_exact_posterior():
+    model = LinearGaussian(0, orthogonal=True)
+    post = model.posterior()
+    mu, logvar = post.mean, post.variance.log()
+    assert model.analytic_elbo(mu, logvar) == pytest.approx(model.log_px(), abs=1e-10)
+    # Every importance weight p(x, z) / q(z|x) is then p(x) itself: zero variance.
+    vae = model.vae(mu, logvar)
+    log_w = log_importance_weights(
+        vae.likelihood, vae.decoder, model.images(1), *vae.encoder(model.images(1)), 50
+    )
+    torch.testing.assert_close(log_w, torch.full_like(log_w, model.log_px()), atol=1e-9, rtol=0)
+
+
+def test_monte_carlo_elbo_of_the_module_converges_to_the_analytic_elbo():
+    torch.manual_seed(0)
+    model = LinearGaussian(1)
+    mu, logvar = diagonal_q(model)
+    elbo = model.vae(mu, logvar).elbo_terms(model.images(200_000)).elbo
+    standard_error = elbo.std().item() / math.sqrt(len(elbo))
+    assert elbo.mean().item() == pytest.approx(
+        model.analytic_elbo(mu, logvar), abs=4 * standard_error
+    )
+    assert 4 * standard_error < 0.1 * (model.log_px() - model.analytic_elbo(mu, logvar))
+
+
+def test_iwae_rises_with_k_towards_log_px():
+    torch.manual_seed(0)
+    model = LinearGaussian(2)
+    mu, logvar = diagonal_q(model)
+    vae, repeats = model.vae(mu, logvar), 2000
+    x = model.images(repeats)
+    mu_b, logvar_b = vae.encoder(x)
+    bounds = {}
+    for k in (1, 10, 100, 1000):
+        estimate = iwae_bound(vae.likelihood, vae.decoder, x, mu_b, logvar_b, k, max_rows=50_000)
+        bounds[k] = (estimate.mean().item(), estimate.std().item() / math.sqrt(repeats))
+    log_px, elbo = model.log_px(), model.analytic_elbo(mu, logvar)
+    assert bounds[1][0] == pytest.approx(elbo, abs=4 * bounds[1][1])
+    ks = sorted(bounds)
+    for small, large in zip(ks[:-1], ks[1:], strict=True):
+        assert bounds[large][0] > bounds[small][0]
+        assert bounds[large][0] <= log_px + 4 * bounds[large][1]  # still a lower bound
+    assert log_px - bounds[1000][0] < 0.02 * (log_px - elbo)
+
+
+def test_closed_form_kl_agrees_with_monte_carlo():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(4, DZ, dtype=F64) * 1.5, torch.randn(4, DZ, dtype=F64)
+    z = reparameterize(mu.expand(100_000, 4, DZ), logvar.expand(100_000, 4, DZ))
+    samples = diagonal_gaussian_log_prob(z, mu, logvar) - diagonal_gaussian_log_prob(z)
+    standard_error = samples.std(dim=0) / math.sqrt(len(samples))
+    assert (samples.mean(dim=0) - gaussian_kl(mu, logvar)).abs().le(4 * standard_error).all()
+
+
+def test_prior_sampling_has_far_larger_variance_than_importance_sampling():
+    """log (1/n) sum p(x|z_i) with z_i ~ p(z) is the IWAE bound with q = p(z)."""
+    torch.manual_seed(0)
+    model = LinearGaussian(3)
+    mu, logvar = diagonal_q(model)
+    vae, repeats, n = model.vae(mu, logvar), 500, 100
+    x = model.images(repeats)
+    zero = torch.zeros(repeats, DZ, dtype=F64)
+    naive = iwae_bound(vae.likelihood, vae.decoder, x, zero, zero, n)
+    importance = iwae_bound(vae.likelihood, vae.decoder, x, *vae.encoder(x), n)
+    assert naive.var() > 100 * importance.var()
+    assert importance.mean().item() == pytest.approx(model.log_px(), abs=0.05)
