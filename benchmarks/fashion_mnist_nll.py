@@ -4,13 +4,11 @@
 
 The setting of pytorch/examples' vae/main.py: all 60,000 training images, Bernoulli likelihood on
 the grey values, Adam at 1e-3, batch 128, seed 1; its test -ELBO after 10 epochs is 244.4 on this
-machine. The models are the project's own `model=mlp` / `model=conv` configs. The IDX files are
-read here directly (a Fashion-MNIST DataModule is being added to the project separately).
+machine. Models and data are the project's own `model=mlp` / `model=conv` and
+`data=fashion_mnist` configs (with no validation split, so all 60,000 images train).
 """
 
 import argparse
-import gzip
-import struct
 import time
 from pathlib import Path
 
@@ -20,36 +18,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LambdaCallback
 
-from vae_lightning.data import InMemoryDataModule, InMemoryImages
+from vae_lightning.data import InMemoryImages
 from vae_lightning.metrics import evaluate_model
 
 ROOT = Path(__file__).resolve().parents[1]
-IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
 PYTORCH_EXAMPLES_TEST_LOSS = 244.4
-
-
-def read_idx(path: Path) -> torch.Tensor:
-    """An IDX file (big-endian dims, then uint8 data) as a uint8 tensor."""
-    data = gzip.decompress(path.read_bytes())
-    n_dims = data[3]
-    dims = struct.unpack(f">{n_dims}I", data[4 : 4 + 4 * n_dims])
-    return torch.frombuffer(bytearray(data[4 + 4 * n_dims :]), dtype=torch.uint8).view(*dims)
-
-
-class FashionMNISTFiles(InMemoryDataModule):
-    """Train on all 60k images; the 10k test images serve as test split (and as the unused val)."""
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (1, 28, 28)
-
-    def load_splits(self) -> dict[str, InMemoryImages]:
-        def split(prefix: str) -> InMemoryImages:
-            images = read_idx(IDX_DIR / f"{prefix}-images-idx3-ubyte.gz").unsqueeze(1)
-            return InMemoryImages(images, read_idx(IDX_DIR / f"{prefix}-labels-idx1-ubyte.gz"))
-
-        test = split("t10k")
-        return {"train": split("train"), "val": test, "test": test}
 
 
 def print_epoch(trainer: L.Trainer, model: L.LightningModule) -> None:
@@ -60,8 +33,17 @@ def print_epoch(trainer: L.Trainer, model: L.LightningModule) -> None:
 def run(model_name: str, epochs: int, iwae_k: int, iwae_images: int | None) -> dict[str, float]:
     L.seed_everything(1, workers=True)
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model_name}"])
-    datamodule = FashionMNISTFiles(batch_size=128, eval_batch_size=500)
+        cfg = compose(
+            "train",
+            overrides=[
+                f"model={model_name}",
+                "data=fashion_mnist",
+                "data.val_fraction=0",
+                f"paths.root_dir={ROOT}",
+                f"paths.output_dir={ROOT / 'benchmarks' / 'outputs'}",
+            ],
+        )
+    datamodule = instantiate(cfg.data)
     model = instantiate(
         cfg.model, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
     )
