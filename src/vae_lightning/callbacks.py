@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
 from vae_lightning.data.shapes import FACTOR_NAMES, ShapesDataModule
-from vae_lightning.elbo import gaussian_kl
+from vae_lightning.elbo import gaussian_kl_per_dim
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,7 @@ def interpolation_grid(
 
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(q(z_d|x) || N(0, 1)) of each latent dimension d, averaged over the images."""
-    # gaussian_kl sums over the last axis; a trailing axis of size 1 keeps the dimensions apart.
-    return gaussian_kl(mu.unsqueeze(-1), logvar.unsqueeze(-1)).mean(dim=0)
+    return gaussian_kl_per_dim(mu, logvar).mean(dim=0)
 
 
 def new_figure(width: float, height: float, panels: int = 1) -> tuple[Figure, list]:

@@ -14,7 +14,7 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -26,9 +26,10 @@ from vae_lightning.config import (
     check_group_choices,
     check_image_shape,
     checkpoint_to_resume,
+    load_checkpoint_model,
+    run_data_config,
 )
 from vae_lightning.metrics import evaluate_model
-from vae_lightning.module import VAE
 from vae_lightning.reliability import resume_arguments
 
 log = logging.getLogger(__name__)
@@ -109,38 +110,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def run_data_config(ckpt_path: Path) -> DictConfig:
-    """The data config a checkpoint was trained with, from its run's `.hydra/config.yaml` (the
-    run directory is the parent of `checkpoints/`), interpolations resolved in that config."""
-    saved = ckpt_path.resolve().parent.parent / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(
-            "ckpt_path",
-            str(ckpt_path),
-            f"no {saved} to read the run's data config from; name "
-            "the data to evaluate on, e.g. data=shapes",
-        )
-    return OmegaConf.create(OmegaConf.to_container(OmegaConf.load(saved).data, resolve=True))
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint on the test split of the data it was trained on (or of `cfg.data`):
     the ELBO terms from the model's test_step, then evaluate_model's metrics; write metrics.json.
     """
     check_config(cfg)
     started = time.perf_counter()
-    ckpt_path = Path(cfg.ckpt_path or "")
-    if not ckpt_path.is_file():
-        raise ConfigError(
-            "ckpt_path",
-            cfg.ckpt_path,
-            "the path of a checkpoint file, e.g. "
-            "ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt",
-        )
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data if cfg.get("data") else run_data_config(ckpt_path))
     # The model is rebuilt from the checkpoint's own hparams, never from a default config.
-    model = VAE.load_from_checkpoint(ckpt_path, map_location="cpu")
+    model = load_checkpoint_model(cfg.ckpt_path)
+    L.seed_everything(cfg.seed, workers=True)
+    data_cfg = cfg.data if cfg.get("data") else run_data_config(cfg.ckpt_path, "eval.py")
+    datamodule = instantiate(data_cfg)
     if tuple(datamodule.image_shape) != model.image_shape:
         raise ConfigError(
             "data",
@@ -159,7 +139,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {k: v.item() for k, v in sorted(trainer.callback_metrics.items())}
     device = trainer.strategy.root_device
     metrics.update(evaluate_model(model, datamodule, cfg.eval.iwae_k, cfg.eval.max_rows, device))
-    metrics.update(checkpoint=str(ckpt_path), wall_time_s=round(time.perf_counter() - started, 1))
+    metrics.update(
+        checkpoint=str(cfg.ckpt_path), wall_time_s=round(time.perf_counter() - started, 1)
+    )
     report_metrics(metrics, Path(cfg.paths.output_dir))
     return metrics
 

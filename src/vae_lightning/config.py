@@ -14,6 +14,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning.elbo import LIKELIHOODS, SIGMA_PER
+from vae_lightning.module import VAE
 from vae_lightning.networks import NETWORKS, conv_downsampling
 
 
@@ -178,3 +179,43 @@ def checkpoint_to_resume(cfg: DictConfig, image_shape: tuple[int, int, int]) -> 
                 key, _plain(value), f"the checkpoint {ckpt_path} has {key}={_plain(saved[key])}"
             )
     return ckpt_path
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path:
+    """train.py keeps checkpoints in `<run dir>/checkpoints/`."""
+    ckpt = Path(ckpt_path)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def load_checkpoint_model(ckpt_path: str | None) -> VAE:
+    """The VAE of a checkpoint, rebuilt from its own hparams alone, on the CPU, in eval mode;
+    a ConfigError if the file is missing or not a checkpoint of train.py."""
+    allowed = "a checkpoint of train.py, e.g. ckpt_path=outputs/DATE/TIME/checkpoints/last.ckpt"
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        raise ConfigError("ckpt_path", ckpt_path, f"{allowed} (no such file)")
+    try:
+        model = VAE.load_from_checkpoint(ckpt_path, map_location="cpu")
+    except Exception as error:  # whatever the file holds instead, the fix is another ckpt_path
+        reason = f"{type(error).__name__} on loading"
+        raise ConfigError("ckpt_path", ckpt_path, f"{allowed} ({reason})") from None
+    return model.eval()
+
+
+def run_data_config(ckpt_path: str | Path, needed_by: str) -> DictConfig:
+    """The data config of the run that wrote a checkpoint, from `<run dir>/.hydra/config.yaml`,
+    with data paths taken from where that run was started (its `.hydra/hydra.yaml`)."""
+    run_dir = run_dir_of(ckpt_path)
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(
+            "ckpt_path",
+            str(ckpt_path),
+            f"{needed_by} needs the run's data: a checkpoint in <run dir>/checkpoints/ with "
+            f"<run dir>/.hydra/config.yaml beside it (not found: {saved}), or name the data, "
+            "e.g. data=shapes",
+        )
+    run_cfg = OmegaConf.load(saved)
+    hydra_cfg = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_cfg.is_file():
+        run_cfg.paths.root_dir = OmegaConf.load(hydra_cfg).hydra.runtime.cwd
+    return run_cfg.data
