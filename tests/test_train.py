@@ -4,10 +4,12 @@ import json
 import math
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import TINY, run_script
 from vae_lightning.cli import train
+from vae_lightning.module import VAE
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +104,20 @@ def test_bad_config_gives_one_clear_line_and_nonzero_exit(tmp_path, override, ke
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: {key}=") and "allowed" in lines[0]
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_compile_channels_last_and_bf16_train_and_load_as_a_plain_model(tiny_config):
+    metrics = train(
+        tiny_config(
+            "model.compile=true",
+            "model.channels_last=true",
+            "trainer.precision=bf16-mixed",
+            "trainer.max_epochs=1",
+        )
+    )
+    assert math.isfinite(metrics["test/elbo"]) and metrics["test/elbo"] < 0
+    # compile works in place: the checkpoint's keys are those of the plain modules
+    saved = torch.load(metrics["best_checkpoint"], weights_only=True)
+    plain = VAE(**{**saved["hyper_parameters"], "compile": False, "channels_last": False})
+    assert saved["state_dict"].keys() == plain.state_dict().keys()
+    plain.load_state_dict(saved["state_dict"])

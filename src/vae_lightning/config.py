@@ -62,6 +62,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.kl_warmup", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no warm-up)"),
     ("model.kl_warmup_unit", lambda v: v in ("steps", "epochs"), "one of steps, epochs"),
     ("model.free_bits", lambda v: _is_number(v) and v >= 0, "a number >= 0 of nats, e.g. 0.5"),
+    ("model.compile", lambda v: isinstance(v, bool), "true or false"),
+    ("model.channels_last", lambda v: isinstance(v, bool), "true or false"),
     ("model.optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. 1e-3"),
     ("data.batch_size", _positive_int, "a positive integer, e.g. data.batch_size=128"),
     ("data.image_size", _positive_int, "a positive integer, e.g. data.image_size=32"),

@@ -39,6 +39,8 @@ class VAE(L.LightningModule):
         kl_warmup_unit: str = "steps",
         free_bits: float = 0.0,
         optimizer: dict[str, Any] | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -50,9 +52,18 @@ class VAE(L.LightningModule):
             likelihood, gaussian_sigma, self.image_shape[0], gaussian_sigma_per
         )
         self.beta = beta
+        if (
+            channels_last
+        ):  # NHWC conv weights (and inputs, in forward): faster kernels on some CPUs/GPUs
+            self.to(memory_format=torch.channels_last)
+        if compile:  # in place: the state_dict keys stay those of the plain modules
+            self.encoder.compile()
+            self.decoder.compile()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns the decoder output for one posterior sample, and mu, log sigma^2 of q(z|x)."""
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         mu, logvar = self.encoder(x)
         return self.decoder(reparameterize(mu, logvar)), mu, logvar
 
