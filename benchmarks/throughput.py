@@ -3,26 +3,34 @@
     python benchmarks/throughput.py                       # MLP 784-400-20 on Fashion-MNIST
     python benchmarks/throughput.py data=shapes model=conv --steps 300
 
-In one process, with the same model, data, batch size and number of steps, it times
-(a) a plain loop: shuffle an in-memory float tensor, slice a batch, forward, loss, backward, step;
+In one process, with the same model, initial weights, optimiser, data, batch size and number of
+steps, it times
+(a) a plain loop: a float tensor of the training images in memory, one permutation per epoch,
+    a batch gathered from it, forward, loss, backward, optimiser step;
 (b) `train.py`'s own objects: the VAE LightningModule and the DataModule under Lightning's
     Trainer built from conf/trainer and conf/callbacks (logger, checkpoints, reliability
     callbacks, console callbacks as train.py adds them), with validation off
-    (`limit_val_batches=0`), so the image callbacks, which run after it, do not run either.
-    Its output not being a terminal, the progress bar is train.py's one line per epoch.
+    (`limit_val_batches=0`). Its output not being a terminal, the progress bar is train.py's
+    one line per epoch.
 Both compute the loss with the same function (elbo.elbo_terms), so the difference is the
-framework and the data path. Steady state: the clocks start after `--warmup` steps, so Trainer
-start-up is not counted (the whole `fit` call is reported on its own line).
+framework and the data path.
 
-Two clocks: wall time, and the CPU time of the process (all its threads). On a machine shared
-with other jobs the wall time of either loop varies at random; the CPU time is what the work
-costs, and on an otherwise idle machine a one-thread run takes that long. The rounds alternate
-(a) and (b); the headline ratio is the median over rounds of (b)/(a) within a round.
+The two alternate in chunks of `--chunk` steps inside one `fit`: after every chunk of (b), a
+callback runs the next chunk of (a), so both see the same moment of the machine. (On the
+shared 2-core machine this was written on, host contention changed the speed of a fixed matrix
+product by up to 50% from one second to the next; rounds of a few seconds each paired badly.)
+The first `--warmup` steps of each are not timed, so Trainer start-up is not counted, and
+neither are the ends of epochs: what (b) spends there (pictures, checkpoint) is printed apart.
+
+Two clocks: wall time, and the CPU time of the process (all its threads). The headline ratio is
+(b)/(a) of the images per second over all timed chunks; the median and spread of the chunk
+pairs' ratios show how steady it was.
 """
 
 import argparse
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -36,6 +44,7 @@ from vae_lightning.elbo import elbo_terms
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ["data=fashion_mnist", "model=mlp"]
+CLOCKS = ("wall", "cpu")
 
 
 def clocks(device: torch.device) -> tuple[float, float]:
@@ -45,75 +54,97 @@ def clocks(device: torch.device) -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-class StepClock(L.Callback):
-    """Both clocks from the start of step `warmup` to the end of the last step."""
-
-    def __init__(self, warmup: int):
-        self.warmup = warmup
-        self.started = self.stopped = (0.0, 0.0)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.warmup:
-            self.started = clocks(pl_module.device)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == trainer.max_steps:
-            self.stopped = clocks(pl_module.device)
-
-
-def hand_written(cfg, datamodule, steps: int, warmup: int, device: torch.device):
-    """(a): (wall, CPU) seconds for steps warmup..steps of a plain loop."""
+def hand_written(cfg, datamodule, device: torch.device) -> Iterator[None]:
+    """(a): each next() runs one training step of a plain loop."""
     L.seed_everything(cfg.seed)
     model = instantiate(cfg.model, image_shape=datamodule.image_shape, _recursive_=False)
     model.to(device)
     optimizer = instantiate(cfg.model.optimizer)(model.parameters())
     images = datamodule.split("train").images.to(device).float().div(255)
-    batch_size, step = cfg.data.batch_size, 0
+    batch_size = cfg.data.batch_size
     while True:
         order = torch.randperm(len(images), device=device)
         for first in range(0, len(images) - batch_size + 1, batch_size):
-            if step == warmup:
-                started = clocks(device)
-            x = images[order[first : first + batch_size]]
+            x = images.index_select(0, order[first : first + batch_size])
             loss = elbo_terms(model.likelihood, x, *model(x)).loss(model.beta)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            step += 1
-            if step == steps:
-                stopped = clocks(device)
-                return stopped[0] - started[0], stopped[1] - started[1]
+            yield
 
 
-def with_lightning(cfg, datamodule, steps: int, warmup: int, tmp: Path):
-    """(b): (wall, CPU) seconds for steps warmup..steps, and wall seconds of the whole fit."""
+class Alternate(L.Callback):
+    """Times (b) in chunks of Lightning steps and runs a chunk of (a) after each.
+
+    A chunk of (b) that spans the end of an epoch (picture callbacks, epoch-end checkpoint and
+    logging, a new shuffle) is kept apart in `b_epoch_end`, and the (a) chunk after it is not
+    timed: the hand-written loop has no epoch-end work to compare with."""
+
+    def __init__(self, hand_written_steps: Iterator[None], warmup: int, chunk: int, device):
+        self.a_steps, self.warmup, self.chunk = hand_written_steps, warmup, chunk
+        self.device = device
+        self.a: list[tuple[float, float]] = []  # (wall, cpu) seconds of each chunk
+        self.b: list[tuple[float, float]] = []
+        self.b_epoch_end: list[tuple[float, float]] = []
+        self.b_started = (0.0, 0.0)
+        self.b_epoch = 0
+        self.a_seconds = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.warmup:
+            for _ in range(self.warmup):
+                next(self.a_steps)
+            self.b_started = clocks(self.device)
+            self.b_epoch = trainer.current_epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        done = trainer.global_step - self.warmup
+        if done <= 0 or done % self.chunk:
+            return
+        stopped = clocks(self.device)
+        b = (stopped[0] - self.b_started[0], stopped[1] - self.b_started[1])
+        spans_epoch_end = trainer.current_epoch != self.b_epoch
+        (self.b_epoch_end if spans_epoch_end else self.b).append(b)
+        for _ in range(self.chunk):
+            next(self.a_steps)
+        self.b_started = clocks(self.device)
+        self.b_epoch = trainer.current_epoch
+        self.a_seconds += self.b_started[0] - stopped[0]
+        if not spans_epoch_end:
+            self.a.append((self.b_started[0] - stopped[0], self.b_started[1] - stopped[1]))
+
+
+def alternate(cfg, datamodule, steps: int, warmup: int, chunk: int, tmp: Path):
+    """Both loops, alternating in one fit: the Alternate callback, and the fit's wall seconds
+    without the (a) chunks."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    a_steps = hand_written(cfg, datamodule, device)
     L.seed_everything(cfg.seed)
     model = instantiate(
         cfg.model, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
     )
-    clock = StepClock(warmup)
+    alternation = Alternate(a_steps, warmup, chunk, device)
     callbacks = [*instantiate_all(cfg.callbacks), *console_callbacks(cfg.trainer)]
     loggers = instantiate_all(cfg.logger)
     trainer = instantiate(
         cfg.trainer,
         default_root_dir=tmp,
-        max_steps=steps,
+        max_steps=warmup + steps,
         limit_val_batches=0,
-        callbacks=[*callbacks, clock],
+        callbacks=[*callbacks, alternation],
         logger=loggers or False,
     )
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
-    whole = time.perf_counter() - started
-    return clock.stopped[0] - clock.started[0], clock.stopped[1] - clock.started[1], whole
+    return alternation, time.perf_counter() - started - alternation.a_seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. model=conv")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=1000, help="timed steps of each loop")
+    parser.add_argument("--chunk", type=int, default=25, help="steps per alternation")
     parser.add_argument("--warmup", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=5)
     # One thread by default: on a shared machine, a second thread waiting for a busy core makes
     # each matrix product many times slower, and the timings noise.
     parser.add_argument("--threads", type=int, default=1)
@@ -134,40 +165,42 @@ def main() -> None:
         )
     datamodule = instantiate(cfg.data)
     datamodule.setup()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    images = (args.steps - args.warmup) * cfg.data.batch_size
+    steps = args.steps - args.steps % args.chunk
+    alternation, fit_seconds = alternate(cfg, datamodule, steps, args.warmup, args.chunk, tmp)
 
-    rates: dict[str, list[float]] = {"a wall": [], "a cpu": [], "b wall": [], "b cpu": []}
-    whole = []
-    for _ in range(args.rounds):
-        wall, cpu = hand_written(cfg, datamodule, args.steps, args.warmup, device)
-        rates["a wall"].append(images / wall)
-        rates["a cpu"].append(images / cpu)
-        wall, cpu, fit = with_lightning(cfg, datamodule, args.steps, args.warmup, tmp)
-        rates["b wall"].append(images / wall)
-        rates["b cpu"].append(images / cpu)
-        whole.append(args.steps * cfg.data.batch_size / fit)
-        print("round, images/s: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()))
-
+    batch = cfg.data.batch_size
     print(
-        f"config: {' '.join([*DEFAULTS, *args.overrides])}, batch {cfg.data.batch_size}, "
-        f"{args.steps} steps ({args.warmup} warm-up), {args.rounds} rounds, device {device}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, lightning {L.__version__}"
+        f"config: {' '.join([*DEFAULTS, *args.overrides])}, batch {batch}, {steps} timed steps "
+        f"of each loop ({args.warmup} warm-up) in chunks of {args.chunk}, "
+        f"device {alternation.device}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, lightning {L.__version__}"
     )
-    for clock in ("wall", "cpu"):
-        a, b = rates[f"a {clock}"], rates[f"b {clock}"]
-        # (a) and (b) of one round ran back to back, under much the same load from elsewhere
-        paired = statistics.median(y / x for x, y in zip(a, b, strict=True))
+    steps_per_epoch = len(datamodule.train_dataloader())
+    for i, clock in enumerate(CLOCKS):
+        a = sum(seconds[i] for seconds in alternation.a)
+        b = sum(seconds[i] for seconds in alternation.b)
+        timed = len(alternation.a) * args.chunk
+        pairs = [x[i] / y[i] for x, y in zip(alternation.a, alternation.b, strict=True)]
+        deciles = statistics.quantiles(pairs, n=10)
         print(
-            f"{clock:>4} clock: (a) hand-written {max(a):6.0f} images/s, "
-            f"(b) Lightning {max(b):6.0f} images/s (best rounds); ratio (b)/(a): "
-            f"{paired:.3f} median of the rounds' ratios, {max(b) / max(a):.3f} of the best rounds"
+            f"{clock:>4} clock: (a) hand-written {timed * batch / a:6.0f} images/s, "
+            f"(b) Lightning {timed * batch / b:6.0f} images/s; ratio (b)/(a) {a / b:.3f} "
+            f"(chunk pairs: median {statistics.median(pairs):.3f}, "
+            f"10-90% {deciles[0]:.3f}-{deciles[-1]:.3f})"
         )
-    print(f"whole fit() of (b), start-up included: best {max(whole):.0f} images/s")
-
-
-def _fmt(values: list[float]) -> str:
-    return ", ".join(f"{v:.0f}" for v in values)
+    if alternation.b_epoch_end:
+        chunk_seconds = statistics.median(seconds[0] for seconds in alternation.b)
+        extra = statistics.mean(seconds[0] for seconds in alternation.b_epoch_end) - chunk_seconds
+        epoch_seconds = chunk_seconds / args.chunk * steps_per_epoch
+        print(
+            f"epoch ends of (b), not in the ratio: {len(alternation.b_epoch_end)} in the timed "
+            f"steps, each {extra:.2f} s wall over a chunk of steps, {extra / epoch_seconds:.1%} "
+            f"of an epoch of {steps_per_epoch} steps"
+        )
+    print(
+        f"whole fit() of (b), start-up and epoch ends included: "
+        f"{(args.warmup + steps) * batch / fit_seconds:.0f} images/s"
+    )
 
 
 if __name__ == "__main__":
