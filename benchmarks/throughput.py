@@ -59,7 +59,7 @@ def hand_written(cfg, datamodule, device: torch.device) -> Iterator[None]:
     L.seed_everything(cfg.seed)
     model = instantiate(cfg.model, image_shape=datamodule.image_shape, _recursive_=False)
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.model.optimizer.lr)
+    optimizer = instantiate(cfg.model.optimizer)(model.parameters())
     images = datamodule.split("train").images.to(device).float().div(255)
     batch_size = cfg.data.batch_size
     while True:
