@@ -187,11 +187,6 @@ def log_hparams_with_metrics(
 # --- callbacks -----------------------------------------------------------------------------------
 
 
-def examples(datamodule: Any, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first n images of a split (all of them if it has fewer), with their labels."""
-    return datamodule.examples(split, min(n, len(datamodule.split(split))))
-
-
 class EpochImages(Callback):
     """Publishes the images of `draw` after every `every_n_epochs` training epochs, and at the end
     of fit unless the last ones already show the final weights. Subclasses say what to draw."""
@@ -244,7 +239,7 @@ class ImageGrids(EpochImages):
         )
 
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
-        images, _ = examples(trainer.datamodule, "val", self.n_images)
+        images, _ = trainer.datamodule.examples("val", self.n_images)
         return {
             "reconstructions": reconstruction_grid(model, images.to(model.device)),
             "samples": sample_grid(model, self.prior_draws.to(model.device)),
@@ -263,7 +258,7 @@ class LatentTraversals(EpochImages):
         self.n_images, self.span, self.steps = n_images, span, steps
 
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
-        images, _ = examples(trainer.datamodule, "test", self.n_images)
+        images, _ = trainer.datamodule.examples("test", self.n_images)
         mu, logvar = model.encoder(images.to(model.device))
         order = kl_per_dim(mu, logvar).argsort(descending=True)
         return {"traversals": traversal_grid(model, mu[0], order, self.span, self.steps)}
@@ -277,7 +272,7 @@ class Interpolations(EpochImages):
         self.n_pairs, self.steps = n_pairs, steps
 
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
-        images, _ = examples(trainer.datamodule, "test", 2 * self.n_pairs)
+        images, _ = trainer.datamodule.examples("test", 2 * self.n_pairs)
         images = images.to(model.device)
         return {"interpolations": interpolation_grid(model, images[0::2], images[1::2], self.steps)}
 
@@ -300,7 +295,7 @@ class LatentMap(EpochImages):
         self.n_images = n_images
 
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
-        images, labels = examples(trainer.datamodule, "test", self.n_images)
+        images, labels = trainer.datamodule.examples("test", self.n_images)
         mu, _ = model.encoder(images.to(model.device))
         figure = latent_map_figure(mu, labels, label_names(trainer.datamodule, labels))
         return {"latent_map": rendered(figure)}
@@ -315,7 +310,7 @@ class KLPerDimension(EpochImages):
         self.n_images = n_images
 
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
-        images, _ = examples(trainer.datamodule, "test", self.n_images)
+        images, _ = trainer.datamodule.examples("test", self.n_images)
         kl = kl_per_dim(*model.encoder(images.to(model.device)))
         return {"kl_per_dim": rendered(kl_figure(kl))}
 

@@ -65,6 +65,22 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in (group or {}).values() if entry]
 
 
+def test_metrics(
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    eval_cfg: DictConfig,
+    ckpt_path: str | None = None,
+) -> dict[str, Any]:
+    """The ELBO terms of trainer.test on the test split, then evaluate_model's metrics of the same
+    weights (trainer.test loads `ckpt_path` into `model`)."""
+    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    metrics: dict[str, Any] = {k: v.item() for k, v in sorted(trainer.callback_metrics.items())}
+    device = trainer.strategy.root_device
+    metrics.update(evaluate_model(model, datamodule, eval_cfg.iwae_k, eval_cfg.max_rows, device))
+    return metrics
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the model, test the best checkpoint and write `metrics.json`; return the metrics."""
     check_config(cfg)
@@ -86,12 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
-    trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
-
-    metrics: dict[str, Any] = {k: v.item() for k, v in sorted(trainer.callback_metrics.items())}
-    # trainer.test loaded the best checkpoint's weights into `model`: evaluate those.
-    device = trainer.strategy.root_device
-    metrics.update(evaluate_model(model, datamodule, cfg.eval.iwae_k, cfg.eval.max_rows, device))
+    metrics = test_metrics(trainer, model, datamodule, cfg.eval, best_path or None)
     if checkpoint and checkpoint.best_model_score is not None:
         metrics[f"best_{checkpoint.monitor}"] = checkpoint.best_model_score.item()
     metrics.update(
@@ -135,10 +146,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         enable_model_summary=False,
         default_root_dir=cfg.paths.output_dir,
     )
-    trainer.test(model, datamodule=datamodule, verbose=False)
-    metrics: dict[str, Any] = {k: v.item() for k, v in sorted(trainer.callback_metrics.items())}
-    device = trainer.strategy.root_device
-    metrics.update(evaluate_model(model, datamodule, cfg.eval.iwae_k, cfg.eval.max_rows, device))
+    metrics = test_metrics(trainer, model, datamodule, cfg.eval)
     metrics.update(
         checkpoint=str(cfg.ckpt_path), wall_time_s=round(time.perf_counter() - started, 1)
     )

@@ -83,12 +83,15 @@ class LearnedGaussian(nn.Module):
         self.log_sigma = nn.Parameter(torch.full(shape, math.log(sigma)))
         self.min_log_sigma = math.log(min_sigma)
 
+    def clamped_log_sigma(self) -> torch.Tensor:
+        return self.log_sigma.clamp(min=self.min_log_sigma)
+
     @property
     def sigma(self) -> torch.Tensor:
-        return self.log_sigma.clamp(min=self.min_log_sigma).exp()
+        return self.clamped_log_sigma().exp()
 
     def log_prob(self, mean: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        log_sigma = self.log_sigma.clamp(min=self.min_log_sigma)
+        log_sigma = self.clamped_log_sigma()
         log_density = -0.5 * ((x - mean) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * LOG_2PI
         return log_density.sum(PIXEL_DIMS)
 

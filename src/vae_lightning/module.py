@@ -52,9 +52,8 @@ class VAE(L.LightningModule):
             likelihood, gaussian_sigma, self.image_shape[0], gaussian_sigma_per
         )
         self.beta = beta
-        if (
-            channels_last
-        ):  # NHWC conv weights (and inputs, in forward): faster kernels on some CPUs/GPUs
+        # NHWC conv weights (and inputs, in forward): faster kernels on some CPUs and GPUs
+        if channels_last:
             self.to(memory_format=torch.channels_last)
         if compile:  # in place: the state_dict keys stay those of the plain modules
             self.encoder.compile()

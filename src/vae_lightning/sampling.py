@@ -11,7 +11,6 @@ from omegaconf import DictConfig
 from torchvision.utils import save_image
 
 from vae_lightning.callbacks import (
-    examples,
     interpolation_grid,
     kl_per_dim,
     reconstruction_grid,
@@ -40,11 +39,11 @@ def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
         return {"prior": sample_grid(model, z)}
     datamodule = instantiate(run_data_config(cfg.ckpt_path, f"mode={cfg.mode}"))
     if cfg.mode == "reconstruct":
-        return {"reconstruct": reconstruction_grid(model, examples(datamodule, "test", cfg.n)[0])}
+        return {"reconstruct": reconstruction_grid(model, datamodule.examples("test", cfg.n)[0])}
     if cfg.mode == "interpolate":
-        images, _ = examples(datamodule, "test", 2 * cfg.n)
+        images, _ = datamodule.examples("test", 2 * cfg.n)
         return {"interpolate": interpolation_grid(model, images[0::2], images[1::2], cfg.steps)}
-    images, _ = examples(datamodule, "test", max(cfg.n, N_KL_IMAGES))
+    images, _ = datamodule.examples("test", max(cfg.n, N_KL_IMAGES))
     mu, logvar = model.encoder(images)
     order = kl_per_dim(mu, logvar).argsort(descending=True)
     return {
