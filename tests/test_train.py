@@ -5,11 +5,13 @@ import math
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, run_script
+from tests.conftest import TINY, make_config, run_script
 from vae_lightning.cli import train
 from vae_lightning.module import VAE
+from vae_lightning.profilers import NoProfiler
 
 pytestmark = pytest.mark.slow
 
@@ -121,3 +123,19 @@ def test_compile_channels_last_and_bf16_train_and_load_as_a_plain_model(tiny_con
     plain = VAE(**{**saved["hyper_parameters"], "compile": False, "channels_last": False})
     assert saved["state_dict"].keys() == plain.state_dict().keys()
     plain.load_state_dict(saved["state_dict"])
+
+
+def test_the_trainer_profiles_nothing_by_default_and_a_real_profiler_on_request(tmp_path):
+    assert isinstance(instantiate(make_config(tmp_path).trainer).profiler, NoProfiler)
+    profiler = (
+        "trainer.profiler._target_=lightning.pytorch.profilers.SimpleProfiler",
+        f"+trainer.profiler.dirpath={tmp_path}",
+        "+trainer.profiler.filename=profile",
+    )
+    train(make_config(tmp_path, *profiler, "trainer.max_epochs=1"))
+    report = (tmp_path / "fit-profile.txt").read_text()
+    cells = [line.split("|") for line in report.splitlines()]
+    rows = {row[1].strip(): row[3].strip() for row in cells if len(row) > 4}  # action: calls
+    # one training epoch of 512 images in batches of 32: every step and its hooks were timed
+    assert rows["run_training_batch"] == "16"
+    assert rows["[Strategy]SingleDeviceStrategy.training_step"] == "16"
