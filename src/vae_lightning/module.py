@@ -59,6 +59,16 @@ class VAE(L.LightningModule):
             self.encoder.compile()
             self.decoder.compile()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets `_current_fx_name` before and after every hook it calls, about 40 times
+        # a training step. nn.Module.__setattr__ first checks whether the value is a parameter,
+        # module or buffer (500 Python calls a step, ~2% of a step of pytorch/examples' MLP on a
+        # 2-core CPU). A hook name is none of these: it is stored as nn.Module would store it.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns the decoder output for one posterior sample, and mu, log sigma^2 of q(z|x)."""
         if self.hparams.channels_last:
@@ -103,7 +113,8 @@ class VAE(L.LightningModule):
             f"{stage}/elbo": terms.elbo.mean(),
         }
         if stage == "train":
-            logged["train/beta"] = beta
+            if self.hparams.kl_warmup > 0:  # otherwise beta is a constant, in the hparams
+                logged["train/beta"] = beta
             if hasattr(self.likelihood, "sigma"):
                 logged["train/gaussian_sigma"] = self.likelihood.sigma.detach().mean()
         # Logged as tensors: Lightning reduces them on its own schedule, with no host sync here.
