@@ -20,8 +20,8 @@ TINY = [
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
-    "callbacks.image_grids.n_images=8",
-    "callbacks.image_grids.n_samples=16",
+    "callbacks.pictures.image_grids.n_images=8",
+    "callbacks.pictures.image_grids.n_samples=16",
 ]
 
 

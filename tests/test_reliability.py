@@ -23,7 +23,7 @@ RUN = (
     *TINY,
     "data.size=320",
     "trainer.max_epochs=2",
-    "callbacks.image_grids=null",
+    "callbacks.pictures.image_grids=null",
     "callbacks.step_checkpoint.every_n_train_steps=3",
 )
 STEPS_PER_EPOCH, STEPS = 8, 16

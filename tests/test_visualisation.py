@@ -48,8 +48,8 @@ def run(tmp_path_factory):
         "trainer.max_epochs=3",
         "trainer.enable_progress_bar=true",
         "trainer.enable_model_summary=true",
-        "callbacks.latent_traversals.every_n_epochs=2",
-        "callbacks.latent_map.every_n_epochs=2",
+        "callbacks.pictures.latent_traversals.every_n_epochs=2",
+        "callbacks.pictures.latent_map.every_n_epochs=2",
         f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]

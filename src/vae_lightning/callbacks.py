@@ -187,9 +187,10 @@ def log_hparams_with_metrics(
 # --- callbacks -----------------------------------------------------------------------------------
 
 
-class EpochImages(Callback):
+class EpochImages:
     """Publishes the images of `draw` after every `every_n_epochs` training epochs, and at the end
-    of fit unless the last ones already show the final weights. Subclasses say what to draw."""
+    of fit unless the last ones already show the final weights. Subclasses say what to draw; the
+    `Pictures` callback calls these hooks."""
 
     def __init__(self, every_n_epochs: int = 1):
         self.every_n_epochs = every_n_epochs
@@ -211,16 +212,42 @@ class EpochImages(Callback):
             publish(trainer, name, image, epoch)
         self._drawn_at_step = trainer.global_step
 
-    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._publish(trainer, pl_module, trainer.current_epoch)
 
-    @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != self._drawn_at_step:
             # The epoch counter has already moved past the last epoch trained.
             self._publish(trainer, pl_module, max(trainer.current_epoch - 1, 0))
+
+
+class Pictures(Callback):
+    """Draws each picture it is given (EpochImages; None leaves one out) at its epochs.
+
+    One callback for all of them, not one each: Lightning calls every hook of every callback at
+    every training step, about 60 Python calls a step per callback, and these draw only at the
+    ends of epochs and of fit."""
+
+    def __init__(self, **pictures: EpochImages | None):
+        self.pictures = [picture for picture in pictures.values() if picture is not None]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for picture in self.pictures:
+            picture.on_fit_start(trainer, pl_module)
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for picture in self.pictures:
+            picture.on_train_epoch_end(trainer, pl_module)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for picture in self.pictures:
+            picture.on_fit_end(trainer, pl_module)
 
 
 class ImageGrids(EpochImages):
