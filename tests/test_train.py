@@ -3,10 +3,12 @@
 import json
 import math
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader, TensorDataset
 
 from tests.conftest import TINY, make_config, run_script
 from vae_lightning.cli import train
@@ -97,6 +99,8 @@ def test_multirun_makes_one_directory_per_job(tmp_path):
         ("model.latent_dim=abc", "model.latent_dim"),
         ("model.beta=-1", "model.beta"),
         ("model.likelihood=poisson", "model.likelihood"),
+        ("+trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val"),
+        ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches"),
     ],
 )
 def test_bad_config_gives_one_clear_line_and_nonzero_exit(tmp_path, override, key):
@@ -139,3 +143,36 @@ def test_the_trainer_profiles_nothing_by_default_and_a_real_profiler_on_request(
     # one training epoch of 512 images in batches of 32: every step and its hooks were timed
     assert rows["run_training_batch"] == "16"
     assert rows["[Strategy]SingleDeviceStrategy.training_step"] == "16"
+
+
+class GradientNorms(L.Callback):
+    """The total gradient norm that each optimiser step applies."""
+
+    def __init__(self):
+        self.norms = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_gradient_clipping_bounds_the_norm_of_each_step(clip):
+    torch.manual_seed(0)
+    batches = DataLoader(TensorDataset(torch.rand(64, 1, 8, 8), torch.zeros(64)), batch_size=16)
+    model = VAE((1, 8, 8), network="mlp", hidden_dims=(16,), latent_dim=2, gradient_clip_val=clip)
+    norms = GradientNorms()
+    trainer = L.Trainer(
+        max_steps=4,
+        callbacks=[norms],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, batches)
+    assert len(norms.norms) == 4
+    if clip:  # every raw norm is far above 1e-3, so each step is scaled down to exactly the bound
+        assert all(norm == pytest.approx(clip, rel=1e-4) for norm in norms.norms)
+    else:
+        assert min(norms.norms) > 100 * 1e-3

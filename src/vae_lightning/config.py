@@ -64,6 +64,17 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.free_bits", lambda v: _is_number(v) and v >= 0, "a number >= 0 of nats, e.g. 0.5"),
     ("model.compile", lambda v: isinstance(v, bool), "true or false"),
     ("model.channels_last", lambda v: isinstance(v, bool), "true or false"),
+    ("model.gradient_clip_val", lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: off)"),
+    (
+        "trainer.gradient_clip_val",
+        lambda v: v == 0,
+        "the VAE steps its optimiser itself; clip with model.gradient_clip_val=1.0 instead",
+    ),
+    (
+        "trainer.accumulate_grad_batches",
+        lambda v: v == 1,
+        "the VAE steps its optimiser every batch; raise data.batch_size instead",
+    ),
     ("model.optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. 1e-3"),
     ("data.batch_size", _positive_int, "a positive integer, e.g. data.batch_size=128"),
     ("data.image_size", _positive_int, "a positive integer, e.g. data.image_size=32"),

@@ -1,5 +1,6 @@
 """The LightningModule: encoder, reparameterised sample, decoder and the beta-weighted ELBO."""
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -8,6 +9,11 @@ from hydra.utils import instantiate
 
 from vae_lightning.elbo import ELBOTerms, build_likelihood, elbo_terms, reparameterize
 from vae_lightning.networks import build_networks
+
+# Lightning warns at every step checkpoint of a manually optimised module that it holds the
+# weights after the step's update. So does automatic optimisation, and last.ckpt should: its
+# global_step counts that update.
+warnings.filterwarnings("ignore", "Using ModelCheckpoint with manual optimization")
 
 
 class VAE(L.LightningModule):
@@ -22,6 +28,11 @@ class VAE(L.LightningModule):
     reported ELBO use beta and no free bits): `kl_warmup` ramps the KL weight linearly from 0 to
     beta over that many `kl_warmup_unit` ("steps" or "epochs"); `free_bits` is a floor of that
     many nats per latent dimension on the KL term (see ELBOTerms.loss).
+
+    training_step steps the optimiser itself (Lightning's manual optimisation): the closure
+    and hooks of automatic optimisation are ~430 Python calls a step, 2% of a step of
+    pytorch/examples' MLP on a 2-core CPU (benchmarks/README.md). Gradient clipping is therefore
+    `gradient_clip_val` (max norm, 0 = off) here, not the Trainer's.
     """
 
     def __init__(
@@ -38,12 +49,14 @@ class VAE(L.LightningModule):
         kl_warmup: int = 0,
         kl_warmup_unit: str = "steps",
         free_bits: float = 0.0,
+        gradient_clip_val: float = 0.0,
         optimizer: dict[str, Any] | None = None,
         compile: bool = False,
         channels_last: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.automatic_optimization = False
         self.image_shape = tuple(image_shape)
         self.encoder, self.decoder = build_networks(
             network, self.image_shape, latent_dim, list(hidden_dims), dense_dim
@@ -136,7 +149,16 @@ class VAE(L.LightningModule):
         return bool(trainer.fast_dev_run) or (every > 0 and (self.global_step + 1) % every == 0)
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train", self.kl_weight(batch_idx), self.hparams.free_bits)
+        loss = self._step(batch, "train", self.kl_weight(batch_idx), self.hparams.free_bits)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if self.hparams.gradient_clip_val > 0:
+            self.clip_gradients(
+                optimizer, self.hparams.gradient_clip_val, gradient_clip_algorithm="norm"
+            )
+        optimizer.step()
+        return loss
 
     def validation_step(self, batch, batch_idx):
         return self._step(batch, "val", self.beta)
