@@ -30,7 +30,7 @@ class VAE(L.LightningModule):
     many nats per latent dimension on the KL term (see ELBOTerms.loss).
 
     training_step steps the optimiser itself (Lightning's manual optimisation): the closure
-    and hooks of automatic optimisation are ~430 Python calls a step, 2% of a step of
+    and hooks of automatic optimisation are ~240 Python calls a step, about 1% of a step of
     pytorch/examples' MLP on a 2-core CPU (benchmarks/README.md). Gradient clipping is therefore
     `gradient_clip_val` (max norm, 0 = off) here, not the Trainer's.
     """
