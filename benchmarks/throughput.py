@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                       # MLP 784-400-20 on Fashion-MNIST
     python benchmarks/throughput.py data=shapes model=conv --steps 300
+    python benchmarks/throughput.py --count-calls --steps 200     # Python calls per step instead
 
 In one process, with the same model, initial weights, optimiser, data, batch size and number of
 steps, it times
@@ -28,6 +29,8 @@ pairs' ratios show how steady it was.
 """
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import time
 from collections.abc import Iterator
@@ -114,40 +117,86 @@ class Alternate(L.Callback):
             self.a.append((self.b_started[0] - stopped[0], self.b_started[1] - stopped[1]))
 
 
-def alternate(cfg, datamodule, steps: int, warmup: int, chunk: int, tmp: Path):
-    """Both loops, alternating in one fit: the Alternate callback, and the fit's wall seconds
-    without the (a) chunks."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    a_steps = hand_written(cfg, datamodule, device)
+def fit_project(cfg, datamodule, max_steps: int, tmp: Path, measure: L.Callback) -> float:
+    """(b): train.py's model, callbacks, loggers and Trainer, validation off, with `measure`
+    added; the wall seconds of the fit."""
     L.seed_everything(cfg.seed)
     model = instantiate(
         cfg.model, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
     )
-    alternation = Alternate(a_steps, warmup, chunk, device)
     callbacks = [*instantiate_all(cfg.callbacks), *console_callbacks(cfg.trainer)]
     loggers = instantiate_all(cfg.logger)
     trainer = instantiate(
         cfg.trainer,
         default_root_dir=tmp,
-        max_steps=warmup + steps,
+        max_steps=max_steps,
         limit_val_batches=0,
-        callbacks=[*callbacks, alternation],
+        callbacks=[*callbacks, measure],
         logger=loggers or False,
     )
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
-    return alternation, time.perf_counter() - started - alternation.a_seconds
+    return time.perf_counter() - started
+
+
+def alternate(cfg, datamodule, steps: int, warmup: int, chunk: int, tmp: Path):
+    """Both loops, alternating in one fit: the Alternate callback, and the fit's wall seconds
+    without the (a) chunks."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    alternation = Alternate(hand_written(cfg, datamodule, device), warmup, chunk, device)
+    fit_seconds = fit_project(cfg, datamodule, warmup + steps, tmp, alternation)
+    return alternation, fit_seconds - alternation.a_seconds
+
+
+class CountCalls(L.Callback):
+    """Profiles training steps warmup+1 .. warmup+steps of (b) with cProfile."""
+
+    def __init__(self, warmup: int, steps: int):
+        self.warmup, self.steps = warmup, steps
+        self.profile = cProfile.Profile()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.warmup:
+            self.profile.enable()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.warmup + self.steps:
+            self.profile.disable()
+
+
+def calls_per_step(cfg, datamodule, steps: int, warmup: int, tmp: Path) -> tuple[float, float]:
+    """Python function calls (cProfile's count, built-ins included) of one training step of (a)
+    and of (b): the framework's share of a step, in a unit that host contention does not move."""
+    a_steps = hand_written(cfg, datamodule, torch.device("cpu"))
+    for _ in range(warmup):
+        next(a_steps)
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(steps):
+        next(a_steps)
+    profile.disable()
+    counter = CountCalls(warmup, steps)
+    fit_project(cfg, datamodule, warmup + steps, tmp, counter)
+    return (
+        pstats.Stats(profile).total_calls / steps,
+        pstats.Stats(counter.profile).total_calls / steps,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. model=conv")
-    parser.add_argument("--steps", type=int, default=1000, help="timed steps of each loop")
+    parser.add_argument("--steps", type=int, default=2000, help="timed steps of each loop")
     parser.add_argument("--chunk", type=int, default=25, help="steps per alternation")
     parser.add_argument("--warmup", type=int, default=30)
     # One thread by default: on a shared machine, a second thread waiting for a busy core makes
     # each matrix product many times slower, and the timings noise.
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--count-calls",
+        action="store_true",
+        help="count the Python calls of a training step of each loop instead of timing them",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -165,6 +214,13 @@ def main() -> None:
         )
     datamodule = instantiate(cfg.data)
     datamodule.setup()
+    if args.count_calls:
+        a, b = calls_per_step(cfg, datamodule, args.steps, args.warmup, tmp)
+        print(
+            f"config: {' '.join([*DEFAULTS, *args.overrides])}; Python calls per training step "
+            f"over {args.steps} steps: (a) hand-written {a:.0f}, (b) Lightning {b:.0f}"
+        )
+        return
     steps = args.steps - args.steps % args.chunk
     alternation, fit_seconds = alternate(cfg, datamodule, steps, args.warmup, args.chunk, tmp)
 
