@@ -8,10 +8,10 @@ from lightning.pytorch.profilers import PassThroughProfiler
 class NoProfiler(PassThroughProfiler):
     """Profiles nothing, at no cost per hook.
 
-    Lightning wraps every hook call in `profiler.profile(name)`: about 90 calls a training step
-    with this project's callbacks. Its default PassThroughProfiler does nothing inside, but its
-    `profile` is a generator-based context manager, built, entered and left on each of those
-    calls: 660 Python calls a step, ~2% of a step of pytorch/examples' MLP on a 2-core CPU
+    Lightning wraps every hook call in `profiler.profile(name)`, dozens of times a training step.
+    Its default PassThroughProfiler does nothing inside, but its `profile` is a generator-based
+    context manager, built, entered and left each time: with eleven callbacks that was 660
+    Python calls a step, ~2% of a step of pytorch/examples' MLP on a 2-core CPU
     (benchmarks/README.md). This one hands back one shared no-op context instead.
     """
 
