@@ -7,6 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vae_lightning.cli import exit_on_config_error, prepare_command_line, train
+from vae_lightning.config import optimized_value
 from vae_lightning.sweep import record_failure_in_multirun
 
 
@@ -14,7 +15,7 @@ from vae_lightning.sweep import record_failure_in_multirun
 @exit_on_config_error
 @record_failure_in_multirun
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg).get("best_val/loss")
+    return optimized_value(cfg, train(cfg))
 
 
 if __name__ == "__main__":

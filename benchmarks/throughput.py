@@ -13,8 +13,8 @@ steps, it times
     callbacks, console callbacks as train.py adds them), with validation off
     (`limit_val_batches=0`). Its output not being a terminal, the progress bar is train.py's
     one line per epoch.
-Both compute the loss with the same function (elbo.elbo_terms), so the difference is the
-framework and the data path.
+Both compute the loss with the same method (the model's public `elbo_terms`), so the
+difference is the framework and the data path.
 
 The two alternate in chunks of `--chunk` steps inside one `fit`: after every chunk of (b), a
 callback runs the next chunk of (a), so both see the same moment of the machine. (On the
@@ -43,7 +43,6 @@ from hydra.utils import instantiate
 
 from vae_lightning.callbacks import console_callbacks
 from vae_lightning.cli import instantiate_all
-from vae_lightning.elbo import elbo_terms
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ["data=fashion_mnist", "model=mlp"]
@@ -69,7 +68,7 @@ def hand_written(cfg, datamodule, device: torch.device) -> Iterator[None]:
         order = torch.randperm(len(images), device=device)
         for first in range(0, len(images) - batch_size + 1, batch_size):
             x = images.index_select(0, order[first : first + batch_size])
-            loss = elbo_terms(model.likelihood, x, *model(x)).loss(model.beta)
+            loss = model.elbo_terms(x).loss(model.beta)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

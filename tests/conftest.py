@@ -1,51 +1,21 @@
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# Small enough to train in seconds on 2 CPU cores, large enough that the loss visibly falls.
-TINY = [
-    "data.size=640",
-    "data.batch_size=32",
-    "data.eval_batch_size=64",
-    "model.hidden_dims=[8,16]",
-    "model.dense_dim=32",
-    "model.latent_dim=4",
-    "trainer.max_epochs=2",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "callbacks.pictures.image_grids.n_images=8",
-    "callbacks.pictures.image_grids.n_samples=16",
-]
+from tests.helpers import make_config
 
 
-def make_config(output_dir: Path, *overrides: str) -> DictConfig:
-    """The root config of train.py, composed as Hydra would, with TINY settings in output_dir."""
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                *TINY,
-                f"paths.root_dir={ROOT}",
-                f"paths.output_dir={output_dir}",
-                *overrides,
-            ],
-        )
-
-
-def run_script(*args: str, cwd: Path = ROOT, env: dict | None = None):
-    """Run a top-level script of the project as a user would, capturing its output."""
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
-    )
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run where a CUDA device is; elsewhere they are deselected (and counted
+    as such in the summary), not skipped one by one."""
+    if torch.cuda.is_available():
+        return
+    needs_gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if needs_gpu:
+        config.hook.pytest_deselected(items=needs_gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
 
 
 @pytest.fixture
 def tiny_config(tmp_path):
+    """train.py's config with the TINY settings, writing into this test's tmp_path."""
     return lambda *overrides: make_config(tmp_path, *overrides)

@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from vae_lightning.data import InMemoryDataModule
 from vae_lightning.data.shapes import (
     FACTOR_SIZES,
     GRID_SIZE,
@@ -63,3 +65,8 @@ def test_same_seed_same_splits():
     assert not torch.equal(
         a.split("test").images, ShapesDataModule(size=300, seed=2).split("test").images
     )
+
+
+def test_the_in_memory_base_class_is_abstract():
+    with pytest.raises(TypeError, match="abstract"):
+        InMemoryDataModule()

@@ -7,15 +7,14 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.io import write_png
 from torchvision.transforms.v2 import functional as F
 
-from tests.conftest import ROOT, run_script
+from tests.helpers import ROOT, read_tensorboard, run_script
 from vae_lightning.cli import train
-from vae_lightning.config import ConfigError
 from vae_lightning.data import ImageDataModule, sources
 from vae_lightning.data.sources import read_idx_split
+from vae_lightning.errors import ConfigError
 
 # ROOT/../shared in a checkout beside shared/; a worktree one level deeper finds it further up
 MNIST_T10K = next(
@@ -106,8 +105,7 @@ def test_fashion_mnist_trains_50_steps(tmp_path, tiny_config, cache_dir):
     )
     metrics = train(cfg)
     assert metrics["steps"] == 50 and math.isfinite(metrics["test/elbo"])
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
-    events.Reload()
+    events = read_tensorboard(tmp_path / "tensorboard")
     losses = [event.value for event in events.Scalars("train/loss")]
     assert len(losses) == 50
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])  # nats per image fell

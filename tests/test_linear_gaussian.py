@@ -3,7 +3,8 @@
 A linear-Gaussian VAE: prior z ~ N(0, I), decoder x = W z + b + sigma * eps. Then
 log p(x) = log N(x; b, W W^T + sigma^2 I), and p(z|x) = N(m, S) with S = (I + W^T W / sigma^2)^-1
 and m = S W^T (x - b) / sigma^2. The estimators run through the project's own code: the VAE
-module's elbo_terms (likelihood classes, reparameterisation, KL) and elbo.iwae_bound.
+module's elbo_terms (likelihood classes, reparameterisation, KL) and log_importance_weights,
+reduced by elbo.iwae_bound.
 """
 
 import math
@@ -105,9 +106,7 @@ def test_elbo_equals_log_px_when_q_is_the_exact_posterior():
     assert model.analytic_elbo(mu, logvar) == pytest.approx(model.log_px(), abs=1e-10)
     # Every importance weight p(x, z) / q(z|x) is then p(x) itself: zero variance.
     vae = model.vae(mu, logvar)
-    log_w = log_importance_weights(
-        vae.likelihood, vae.decoder, model.images(1), *vae.encoder(model.images(1)), 50
-    )
+    log_w, _ = vae.log_importance_weights(model.images(1), 50)
     torch.testing.assert_close(log_w, torch.full_like(log_w, model.log_px()), atol=1e-9, rtol=0)
 
 
@@ -129,10 +128,9 @@ def test_iwae_rises_with_k_towards_log_px():
     mu, logvar = diagonal_q(model)
     vae, repeats = model.vae(mu, logvar), 2000
     x = model.images(repeats)
-    mu_b, logvar_b = vae.encoder(x)
     bounds = {}
     for k in (1, 10, 100, 1000):
-        estimate = iwae_bound(vae.likelihood, vae.decoder, x, mu_b, logvar_b, k, max_rows=50_000)
+        estimate = iwae_bound(lambda n: vae.log_importance_weights(x, n)[0], k, repeats, 50_000)
         bounds[k] = (estimate.mean().item(), estimate.std().item() / math.sqrt(repeats))
     log_px, elbo = model.log_px(), model.analytic_elbo(mu, logvar)
     assert bounds[1][0] == pytest.approx(elbo, abs=4 * bounds[1][1])
@@ -160,7 +158,11 @@ def test_prior_sampling_has_far_larger_variance_than_importance_sampling():
     vae, repeats, n = model.vae(mu, logvar), 500, 100
     x = model.images(repeats)
     zero = torch.zeros(repeats, DZ, dtype=F64)
-    naive = iwae_bound(vae.likelihood, vae.decoder, x, zero, zero, n)
-    importance = iwae_bound(vae.likelihood, vae.decoder, x, *vae.encoder(x), n)
+
+    def prior_draws(k: int) -> torch.Tensor:  # q = p(z): the log weights are log p(x|z_i)
+        return log_importance_weights(vae.likelihood, vae.decoder, x, zero, zero, k)[0]
+
+    naive = iwae_bound(prior_draws, n, repeats)
+    importance = iwae_bound(lambda k: vae.log_importance_weights(x, k)[0], n, repeats)
     assert naive.var() > 100 * importance.var()
     assert importance.mean().item() == pytest.approx(model.log_px(), abs=0.05)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from tests.conftest import ROOT, TINY, make_config, run_script
+from tests.helpers import ROOT, TINY, make_config, read_tensorboard, run_script
 from vae_lightning.cli import exit_on_config_error, prepare_command_line, train
-from vae_lightning.config import ConfigError, check_config
+from vae_lightning.config import check_config
 from vae_lightning.data import ShapesDataModule
+from vae_lightning.errors import ConfigError
 from vae_lightning.reliability import NonFiniteLoss
 
 # 256 training images in batches of 32: 8 steps per epoch, 16 in all, last.ckpt every 3 steps.
@@ -31,8 +31,7 @@ STEPS_PER_EPOCH, STEPS = 8, 16
 
 def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     """(step, value) of a scalar over all event files of a run, as TensorBoard shows it."""
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
+    events = read_tensorboard(run_dir / "tensorboard")
     return [(event.step, event.value) for event in events.Scalars(tag)]
 
 
@@ -238,23 +237,9 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_then_resume(tmp_path, baseline, si
 # ---- numerics ---------------------------------------------------------------------------------
 
 
-class PoisonedShapes(ShapesDataModule):
-    """The shapes data with one training batch of NaN images, at step `nan_step`."""
-
-    def __init__(self, nan_step: int, **kwargs):
-        super().__init__(**kwargs)
-        self.nan_step = nan_step
-
-    def on_after_batch_transfer(self, batch, dataloader_idx):
-        images, labels = super().on_after_batch_transfer(batch, dataloader_idx)
-        if self.trainer.training and self.trainer.global_step == self.nan_step:
-            images = torch.full_like(images, math.nan)
-        return images, labels
-
-
 def poisoned(run_dir: Path, *overrides: str):
     return make_config(
-        run_dir, *RUN, f"data._target_={__name__}.PoisonedShapes", "+data.nan_step=4", *overrides
+        run_dir, *RUN, "data._target_=tests.helpers.PoisonedShapes", "+data.nan_step=4", *overrides
     )
 
 

@@ -7,12 +7,11 @@ import shutil
 import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from tests.conftest import ROOT, TINY, run_script
+from tests.helpers import ROOT, TINY, read_tensorboard, run_script
 from vae_lightning.cli import train
-from vae_lightning.config import ConfigError
+from vae_lightning.errors import ConfigError
 from vae_lightning.sampling import sample
 
 pytestmark = pytest.mark.slow
@@ -68,8 +67,7 @@ def test_plain_console_output_has_one_line_per_epoch_and_the_model_summary(run):
 
 def test_tensorboard_holds_curves_every_picture_and_hparams_with_final_metrics(run):
     run_dir, _ = run
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
-    events.Reload()
+    events = read_tensorboard(run_dir / "tensorboard")
     scalars = set(events.Tags()["scalars"])
     for stage in ("train", "val", "test"):
         assert {f"{stage}/{term}" for term in ("loss", "recon", "kl", "elbo")} <= scalars

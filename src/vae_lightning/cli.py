@@ -12,7 +12,6 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from rich.console import Console
@@ -20,17 +19,20 @@ from rich.table import Table
 
 from vae_lightning.callbacks import console_callbacks, log_hparams_with_metrics
 from vae_lightning.config import (
-    ConfigError,
-    UserError,
     check_config,
     check_group_choices,
     check_image_shape,
+    check_optimized_metric,
+    group_choices_by_dotted_key,
+)
+from vae_lightning.errors import ConfigError, UserError
+from vae_lightning.metrics import evaluate_model
+from vae_lightning.runs import (
     checkpoint_to_resume,
     load_checkpoint_model,
+    resume_arguments,
     run_data_config,
 )
-from vae_lightning.metrics import evaluate_model
-from vae_lightning.reliability import resume_arguments
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,9 @@ def exit_on_config_error(main: Callable[..., Any]) -> Callable[..., Any]:
 
 @exit_on_config_error
 def prepare_command_line(config_dir: str | Path, argv: list[str]) -> list[str]:
-    """The arguments for Hydra: `resume=<run dir>` expanded, unknown group options refused."""
-    argv = resume_arguments(argv)
+    """The arguments for Hydra: `resume=<run dir>` expanded, nested groups chosen with a dot
+    (`model.objective=iwae`), unknown group options refused."""
+    argv = group_choices_by_dotted_key(config_dir, resume_arguments(argv))
     check_group_choices(config_dir, argv)
     return argv
 
@@ -73,24 +76,46 @@ def test_metrics(
     ckpt_path: str | None = None,
 ) -> dict[str, Any]:
     """The ELBO terms of trainer.test on the test split, then evaluate_model's metrics of the same
-    weights (trainer.test loads `ckpt_path` into `model`)."""
+    weights (trainer.test loads `ckpt_path` into `model`) on as many test batches as the
+    Trainer's limit_test_batches allows, in one process (rank zero) only."""
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics: dict[str, Any] = {k: v.item() for k, v in sorted(trainer.callback_metrics.items())}
-    device = trainer.strategy.root_device
-    metrics.update(evaluate_model(model, datamodule, eval_cfg.iwae_k, eval_cfg.max_rows, device))
+    if trainer.is_global_zero:
+        metrics |= evaluate_model(
+            model,
+            datamodule,
+            eval_cfg.iwae_k,
+            eval_cfg.max_rows,
+            trainer.strategy.root_device,
+            max_batches=sum(trainer.num_test_batches),
+        )
     return metrics
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit the model, test the best checkpoint and write `metrics.json`; return the metrics."""
+    """Fit the model, test the best checkpoint and write `metrics.json`; return the metrics.
+
+    W&B's run, when there is one, is finished however the job ends, so the next job of a
+    multirun in the same process gets a run of its own."""
+    try:
+        return fit_and_test(cfg)
+    finally:
+        if "wandb" in sys.modules:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish(exit_code=0 if sys.exc_info()[0] is None else 1)
+
+
+def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
+    check_optimized_metric(cfg)
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
     check_image_shape(cfg, datamodule.image_shape)
     ckpt_path = checkpoint_to_resume(cfg, datamodule.image_shape)
-    datamodule.setup()  # load now: a missing data set stops the run here, as a ConfigError
     # Plain lists and dicts, the optimiser left as config: the checkpoint's hparams stay data.
     model = instantiate(
         cfg.model, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
@@ -98,11 +123,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = [*instantiate_all(cfg.get("callbacks")), *console_callbacks(cfg.trainer)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.local_rank == 0:
+        # Here as well as in fit: missing data stops the run now, as a ConfigError.
+        datamodule.prepare_data()
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    validation = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
     metrics = test_metrics(trainer, model, datamodule, cfg.eval, best_path or None)
+    metrics |= validation  # the last validation's values
     if checkpoint and checkpoint.best_model_score is not None:
         metrics[f"best_{checkpoint.monitor}"] = checkpoint.best_model_score.item()
     metrics.update(
@@ -114,10 +144,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     report_metrics(metrics, Path(cfg.paths.output_dir))
     # Here, not in a callback: only now are all final numbers known, the same as in metrics.json.
     log_hparams_with_metrics(trainer.loggers, cfg, metrics, trainer.global_step)
-    if any(isinstance(logger, WandbLogger) for logger in loggers):
-        import wandb
-
-        wandb.finish()  # one W&B run per job, also when a multirun keeps the process alive
     return metrics
 
 
@@ -146,6 +172,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         enable_model_summary=False,
         default_root_dir=cfg.paths.output_dir,
     )
+    datamodule.prepare_data()
     metrics = test_metrics(trainer, model, datamodule, cfg.eval)
     metrics.update(
         checkpoint=str(cfg.ckpt_path), wall_time_s=round(time.perf_counter() - started, 1)

@@ -1,12 +1,11 @@
 """Config checks at the point where a config enters, each failure one line naming key and fix."""
 
+import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra import initialize_config_dir
-from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
@@ -14,23 +13,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning.elbo import LIKELIHOODS, SIGMA_PER
-from vae_lightning.module import VAE
+from vae_lightning.errors import ConfigError
 from vae_lightning.networks import NETWORKS, conv_downsampling
-
-
-class UserError(Exception):
-    """An error whose message is the whole story: shown as one line, no traceback (see cli)."""
-
-    exit_code = 1
-
-
-class ConfigError(UserError, ValueError):
-    """A config value that cannot work."""
-
-    exit_code = 2
-
-    def __init__(self, key: str, value: Any, allowed: str):
-        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+from vae_lightning.objectives.iwae import ESTIMATORS
+from vae_lightning.priors import PRIORS
 
 
 def _is_int(value: Any) -> bool:
@@ -64,23 +50,18 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.free_bits", lambda v: _is_number(v) and v >= 0, "a number >= 0 of nats, e.g. 0.5"),
     ("model.compile", lambda v: isinstance(v, bool), "true or false"),
     ("model.channels_last", lambda v: isinstance(v, bool), "true or false"),
-    ("model.gradient_clip_val", lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: off)"),
-    (
-        "trainer.gradient_clip_val",
-        lambda v: v == 0,
-        "the VAE steps its optimiser itself; clip with model.gradient_clip_val=1.0 instead",
-    ),
-    (
-        "trainer.accumulate_grad_batches",
-        lambda v: v == 1,
-        "the VAE steps its optimiser every batch; raise data.batch_size instead",
-    ),
+    ("model.prior", lambda v: v in PRIORS, f"one of {', '.join(PRIORS)}"),
+    ("model.n_pseudo_inputs", _positive_int, "a positive integer, e.g. 500"),
+    ("model.objective.k", _positive_int, "a positive integer of samples, e.g. 5"),
+    ("model.objective.estimator", lambda v: v in ESTIMATORS, f"one of {', '.join(ESTIMATORS)}"),
+    ("trainer.gradient_clip_val", lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: off)"),
+    ("trainer.accumulate_grad_batches", _positive_int, "a positive integer of batches, e.g. 4"),
     ("model.optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. 1e-3"),
     ("data.batch_size", _positive_int, "a positive integer, e.g. data.batch_size=128"),
     ("data.image_size", _positive_int, "a positive integer, e.g. data.image_size=32"),
     ("data.channels", lambda v: v in (1, 3), "1 (grey) or 3 (RGB)"),
     ("data.binarize", lambda v: v == "dynamic", "dynamic, or null for grey values"),
-    ("data.val_fraction", lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1), e.g. 0.1"),
+    ("data.val_fraction", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1), e.g. 0.1"),
     ("data.size", _positive_int, "a positive integer, or null for all images"),
     ("trainer.max_epochs", _is_int, "an integer (-1 for no limit), e.g. trainer.max_epochs=10"),
     ("eval.iwae_k", _positive_int, "a positive integer of importance samples, e.g. 1000"),
@@ -93,9 +74,6 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ),
 ]
 
-# The model hyperparameters that fix the shapes of the weights in a checkpoint.
-SHAPE_HPARAMS = ("network", "latent_dim", "hidden_dims", "dense_dim")
-
 SAMPLE_MODES = ("prior", "traverse", "interpolate", "reconstruct")
 
 # The rules of sample.py's config (conf/sample.yaml).
@@ -107,12 +85,26 @@ SAMPLE_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
+# (key, test of the whole config, what is allowed): values that only work together.
+COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
+    (
+        "model.free_bits",
+        lambda cfg: not cfg.model.get("free_bits") or cfg.model.get("prior") == "standard",
+        "0 with model.prior=vamp: a mixture prior's KL does not split into dimensions",
+    ),
+]
+
+
 def check_config(cfg: DictConfig, rules: list[tuple[str, Callable, str]] = RULES) -> None:
     """Raise ConfigError for the first value in `cfg` that breaks a rule (train.py's by default)."""
     for key, test, allowed in rules:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not test(value):
             raise ConfigError(key, value, allowed)
+    if rules is RULES and "model" in cfg:
+        for key, test, allowed in COMBINATION_RULES:
+            if not test(cfg):
+                raise ConfigError(key, OmegaConf.select(cfg, key), allowed)
 
 
 def check_image_shape(cfg: DictConfig, image_shape: tuple[int, int, int]) -> None:
@@ -125,6 +117,54 @@ def check_image_shape(cfg: DictConfig, image_shape: tuple[int, int, int]) -> Non
         raise ConfigError("model.hidden_dims", list(cfg.model.hidden_dims), str(error)) from None
 
 
+# Hydra's own command-line flags that take a value (`hydra --help`): their values are not overrides.
+HYDRA_VALUE_FLAGS = (
+    ("--cfg", "-c"),
+    ("--package", "-p"),
+    ("--config-path", "-cp"),
+    ("--config-name", "-cn"),
+    ("--config-dir", "-cd"),
+    ("--experimental-rerun",),
+)
+
+
+def parse_hydra_arguments(argv: list[str]) -> argparse.Namespace:
+    """Hydra's command line as Hydra reads it: its flags apart, the rest in `overrides`.
+
+    Hydra's parser itself is private (hydra._internal), so this declares the same flags.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    for names in HYDRA_VALUE_FLAGS:
+        parser.add_argument(*names)
+    parser.add_argument("--info", "-i", nargs="?")
+    parser.add_argument("overrides", nargs="*")
+    args, _ = parser.parse_known_args(argv)  # switches such as -m or --resolve are left out
+    return args
+
+
+def _group_options() -> Callable[[str], list[str]]:
+    """The options of a config group (none for a key that is not a group), from Hydra's loader;
+    valid inside initialize_config_dir."""
+    return GlobalHydra.instance().config_loader().get_group_options
+
+
+def group_choices_by_dotted_key(config_dir: str | Path, argv: list[str]) -> list[str]:
+    """Let a nested config group be chosen with a dot, as its values are set: `model.objective=
+    iwae` becomes Hydra's `model/objective=iwae` when conf/model/objective/ is a group, so
+    `model.objective=iwae model.objective.k=50` reads as one key."""
+    with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
+        options = _group_options()
+        rewritten = []
+        for arg in argv:
+            key, sep, value = arg.partition("=")
+            group = key.replace(".", "/")
+            plain = sep and "." in key and not key.startswith(("+", "~", "-"))
+            if plain and not value.startswith("{") and options(group):
+                arg = f"{group}={value}"
+            rewritten.append(arg)
+    return rewritten
+
+
 def check_group_choices(config_dir: str | Path, argv: list[str]) -> None:
     """Raise ConfigError for a command-line option of a config group that does not exist.
 
@@ -133,8 +173,7 @@ def check_group_choices(config_dir: str | Path, argv: list[str]) -> None:
     group named on the command line, sweeps (`model=conv,foo`) included, before Hydra starts.
     Anything this does not understand is left for Hydra to report.
     """
-    # Hydra's own argument parser, so that flags (-m, --cfg job) are read as Hydra reads them.
-    args = get_args_parser().parse_known_args(argv)[0]
+    args = parse_hydra_arguments(argv)
     extra = Path(args.config_dir) if args.config_dir else None
     if args.config_path or (extra and extra.is_dir() and any(p.is_dir() for p in extra.iterdir())):
         return  # options may come from groups in other config folders: Hydra knows them
@@ -143,92 +182,42 @@ def check_group_choices(config_dir: str | Path, argv: list[str]) -> None:
     except HydraException:
         return
     with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
+        group_options = _group_options()
         for override in parsed:
             group, value = override.key_or_group, override.value()
-            options = loader.get_group_options(group)
+            options = group_options(group)
             if not options or override.is_delete():
                 continue  # a value such as model.beta, not a group
             for choice in value.list if isinstance(value, ChoiceSweep) else [value]:
                 if isinstance(choice, str) and choice not in options:
                     allowed = f"one of {', '.join(options)} (the files in conf/{group}/)"
-                    raise ConfigError(group, choice, allowed)
+                    raise ConfigError(group.replace("/", "."), choice, allowed)
 
 
-def _plain(value: Any) -> Any:
-    return list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else value
+# The metrics train.py can hand to a sweeper (`optimized_metric`): the keys of metrics.json
+# that are numbers of the validation or test split.
+OPTIMIZABLE_PREFIXES = ("best_val/", "val/", "test/")
 
 
-def checkpoint_to_resume(cfg: DictConfig, image_shape: tuple[int, int, int]) -> str | None:
-    """The checkpoint `ckpt_path` names, checked against the model config; None to start afresh.
-
-    `ckpt_path=last` is this run's `checkpoints/last.ckpt`, or a fresh start when there is none
-    yet (as in Lightning), so a scheduler can repeat one command until the run is done.
-    """
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path == "last":
-        checkpoint_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
-        last = Path(checkpoint_dir or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
-        ckpt_path = str(last) if last.is_file() else None
-    if ckpt_path is None:
-        return None
-    allowed = "the path of a .ckpt file written by train.py, last, or null"
-    if not Path(ckpt_path).is_file():
-        raise ConfigError("ckpt_path", ckpt_path, f"no such file; {allowed}")
-    try:
-        # mmap: only the metadata read here is loaded, not the weights.
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-        hparams = checkpoint["hyper_parameters"]
-    except Exception:  # torch raises many types for a file that is not a checkpoint
-        raise ConfigError("ckpt_path", ckpt_path, f"not a checkpoint; {allowed}") from None
-    keys = [k for k in SHAPE_HPARAMS if k != "dense_dim" or cfg.model.network == "conv"]
-    configured = {f"model.{key}": cfg.model.get(key) for key in keys}
-    saved = {f"model.{key}": hparams.get(key) for key in keys}
-    configured["data.image_shape"] = image_shape
-    saved["data.image_shape"] = hparams.get("image_shape")
-    for key, value in configured.items():
-        if _plain(value) != _plain(saved[key]):
-            raise ConfigError(
-                key, _plain(value), f"the checkpoint {ckpt_path} has {key}={_plain(saved[key])}"
-            )
-    return ckpt_path
-
-
-def run_dir_of(ckpt_path: str | Path) -> Path:
-    """train.py keeps checkpoints in `<run dir>/checkpoints/`."""
-    ckpt = Path(ckpt_path)
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
-def load_checkpoint_model(ckpt_path: str | None) -> VAE:
-    """The VAE of a checkpoint, rebuilt from its own hparams alone, on the CPU, in eval mode;
-    a ConfigError if the file is missing or not a checkpoint of train.py."""
-    allowed = "a checkpoint of train.py, e.g. ckpt_path=outputs/DATE/TIME/checkpoints/last.ckpt"
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        raise ConfigError("ckpt_path", ckpt_path, f"{allowed} (no such file)")
-    try:
-        model = VAE.load_from_checkpoint(ckpt_path, map_location="cpu")
-    except Exception as error:  # whatever the file holds instead, the fix is another ckpt_path
-        reason = f"{type(error).__name__} on loading"
-        raise ConfigError("ckpt_path", ckpt_path, f"{allowed} ({reason})") from None
-    return model.eval()
-
-
-def run_data_config(ckpt_path: str | Path, needed_by: str) -> DictConfig:
-    """The data config of the run that wrote a checkpoint, from `<run dir>/.hydra/config.yaml`,
-    with data paths taken from where that run was started (its `.hydra/hydra.yaml`)."""
-    run_dir = run_dir_of(ckpt_path)
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.is_file():
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """`optimized_metric` must name a validation or test metric (or be null: nothing returned)."""
+    name = cfg.get("optimized_metric")
+    if name is not None and not (isinstance(name, str) and name.startswith(OPTIMIZABLE_PREFIXES)):
         raise ConfigError(
-            "ckpt_path",
-            str(ckpt_path),
-            f"{needed_by} needs the run's data: a checkpoint in <run dir>/checkpoints/ with "
-            f"<run dir>/.hydra/config.yaml beside it (not found: {saved}), or name the data, "
-            "e.g. data=shapes",
+            "optimized_metric",
+            name,
+            "a metric of metrics.json such as best_val/loss, val/elbo or test/iwae_nll",
         )
-    run_cfg = OmegaConf.load(saved)
-    hydra_cfg = run_dir / ".hydra" / "hydra.yaml"
-    if hydra_cfg.is_file():
-        run_cfg.paths.root_dir = OmegaConf.load(hydra_cfg).hydra.runtime.cwd
-    return run_cfg.data
+
+
+def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """The value of `optimized_metric` among a run's final metrics, for a sweeper."""
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return None
+    if name.startswith("best_") and not metrics.get("best_checkpoint"):
+        return None  # no checkpoint was kept (e.g. fast_dev_run): there is no best value
+    if name not in metrics:
+        numbers = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
+        raise ConfigError("optimized_metric", name, f"one of {', '.join(numbers)}")
+    return metrics[name]

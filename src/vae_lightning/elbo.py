@@ -117,12 +117,17 @@ def build_likelihood(
 class ELBOTerms(NamedTuple):
     """Per-sample terms: recon = -log p(x|z) and kl = KL(q(z|x) || p(z)); elbo = -(recon + kl).
 
-    kl_per_dim (batch, latent_dim), when given, sums to kl; free bits need it.
+    kl_per_dim (batch, latent_dim), when given, sums to kl; free bits need it. mu and logvar
+    (batch, latent_dim) are the posterior's and z (batch, latent_dim) the sample that recon was
+    computed at, for objectives that regularise the posterior or its samples.
     """
 
     recon: torch.Tensor
     kl: torch.Tensor
     kl_per_dim: torch.Tensor | None = None
+    mu: torch.Tensor | None = None
+    logvar: torch.Tensor | None = None
+    z: torch.Tensor | None = None
 
     @property
     def elbo(self) -> torch.Tensor:
@@ -166,37 +171,35 @@ def log_importance_weights(
     mu: torch.Tensor,
     logvar: torch.Tensor,
     n: int,
-) -> torch.Tensor:
-    """log p(x, z_i) - log q(z_i|x) for n draws z_i ~ q(z|x) per image: shape (n, batch)."""
+    prior_log_prob: Callable[[torch.Tensor], torch.Tensor] = diagonal_gaussian_log_prob,
+    stop_posterior_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for n draws z_i ~ q(z|x) per image,
+    shape (n, batch), and the draws z (n, batch, latent_dim); the n decodings go through the
+    decoder in one call. stop_posterior_grad detaches mu and logvar inside log q (not in z):
+    the doubly-reparameterised gradient (objectives.iwae) needs only the path through z."""
     eps = torch.randn(n, *mu.shape, dtype=mu.dtype, device=mu.device)
     z = mu + eps * (0.5 * logvar).exp()
+    if stop_posterior_grad:
+        mu, logvar = mu.detach(), logvar.detach()
     log_q = diagonal_gaussian_log_prob(z, mu, logvar)
-    log_prior = diagonal_gaussian_log_prob(z)
     decoded = decoder(z.flatten(0, 1))
     log_lik = likelihood.log_prob(decoded.view(n, *x.shape), x)
-    return log_lik + log_prior - log_q
+    return log_lik + prior_log_prob(z) - log_q, z
 
 
 def iwae_bound(
-    likelihood: nn.Module,
-    decoder: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    k: int,
-    max_rows: int = 8192,
+    log_weights: Callable[[int], torch.Tensor], k: int, batch_size: int, max_rows: int = 8192
 ) -> torch.Tensor:
     """The importance-weighted bound log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), per image
     (Burda et al. 2016): a lower bound on log p(x) that rises towards it as k grows; k = 1 is the
-    ELBO. The k draws go through the decoder in chunks of at most `max_rows` images, so memory
-    stays bounded for any k; each chunk is reduced by log-sum-exp before the next one is drawn.
+    ELBO. `log_weights(n)` gives n log weights per image (n, batch_size); they are drawn in
+    chunks of at most `max_rows` decoded images, so memory stays bounded for any k, and each
+    chunk is reduced by log-sum-exp before the next one is drawn.
     """
-    per_chunk = max(1, max_rows // x.shape[0])
+    per_chunk = max(1, max_rows // batch_size)
     partial = [
-        torch.logsumexp(
-            log_importance_weights(likelihood, decoder, x, mu, logvar, min(per_chunk, k - done)),
-            dim=0,
-        )
+        torch.logsumexp(log_weights(min(per_chunk, k - done)), dim=0)
         for done in range(0, k, per_chunk)
     ]
     return torch.logsumexp(torch.stack(partial), dim=0) - math.log(k)

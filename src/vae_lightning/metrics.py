@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from vae_lightning.elbo import gaussian_kl_per_dim, iwae_bound
+from vae_lightning.elbo import iwae_bound
 
 ACTIVITY_THRESHOLD = 0.01  # Burda et al. 2016: active when Var_x(E_q[z_d]) > 0.01
 MIG_BINS = 20  # equal-width bins per latent, as in Chen et al. 2018 and disentanglement_lib
@@ -77,9 +77,12 @@ def evaluate_model(
     iwae_k: int,
     max_rows: int = 8192,
     device: torch.device | str = "cpu",
+    max_batches: int | float = float("inf"),
 ) -> dict[str, Any]:
-    """test/iwae_nll (nats/image), test/iwae_bpd, test/kl_per_dim, test/active_units and, when
-    the test labels are factor indices (N, K), test/mig, all on the test split.
+    """test/iwae_nll (nats/image), test/iwae_bpd, test/kl_per_dim, test/active_units, the number
+    of test/images they are computed on and, when
+    the data's labels are factors of variation, test/mig, all on the test split (its first
+    `max_batches` batches: the Trainer's limit_test_batches, so a smoke run stays short).
 
     A plain loop rather than trainer.test: active units and MIG need the posterior means of the
     whole split at once, which per-batch logging would average away.
@@ -87,15 +90,15 @@ def evaluate_model(
     model.to(device).eval()
     datamodule.setup("test")
     iwae, mus, kls, labels = [], [], [], []
-    for batch in datamodule.test_dataloader():
+    for index, batch in enumerate(datamodule.test_dataloader()):
+        if index >= max_batches:
+            break
         batch = datamodule.transfer_batch_to_device(batch, model.device, 0)
         images, batch_labels = datamodule.on_after_batch_transfer(batch, 0)
-        mu, logvar = model.encoder(images)
-        iwae.append(
-            iwae_bound(model.likelihood, model.decoder, images, mu, logvar, iwae_k, max_rows)
-        )
-        mus.append(mu)
-        kls.append(gaussian_kl_per_dim(mu, logvar))
+        draws = lambda n, images=images: model.log_importance_weights(images, n)[0]  # noqa: E731
+        iwae.append(iwae_bound(draws, iwae_k, len(images), max_rows))
+        mus.append(model.encode(images)[0])
+        kls.append(model.kl_per_dim(images))
         labels.append(batch_labels)
     nll = -torch.cat(iwae).mean().item()
     mu = torch.cat(mus).cpu()
@@ -103,10 +106,10 @@ def evaluate_model(
         "test/iwae_nll": nll,
         "test/iwae_bpd": bits_per_dim(nll, math.prod(images.shape[1:])),
         "test/iwae_k": iwae_k,
+        "test/images": len(mu),
         "test/active_units": active_units(mu),
         "test/kl_per_dim": [round(v, 4) for v in torch.cat(kls).mean(dim=0).tolist()],
     }
-    factors = torch.cat(labels).cpu()
-    if factors.ndim == 2:  # the data's convention: (N, K) factor indices, (N,) class labels
-        metrics["test/mig"] = mig(mu, factors)
+    if getattr(datamodule, "labels_are_factors", False):
+        metrics["test/mig"] = mig(mu, torch.cat(labels).cpu())
     return metrics

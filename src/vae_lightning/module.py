@@ -1,38 +1,39 @@
-"""The LightningModule: encoder, reparameterised sample, decoder and the beta-weighted ELBO."""
+"""The LightningModule: encoder q(z|x), decoder p(x|z), the prior p(z) and a training objective."""
 
-import warnings
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 
-from vae_lightning.elbo import ELBOTerms, build_likelihood, elbo_terms, reparameterize
+from vae_lightning.elbo import ELBOTerms, build_likelihood, log_importance_weights, reparameterize
 from vae_lightning.networks import build_networks
-
-# Lightning warns at every step checkpoint of a manually optimised module that it holds the
-# weights after the step's update. So does automatic optimisation, and last.ckpt should: its
-# global_step counts that update.
-warnings.filterwarnings("ignore", "Using ModelCheckpoint with manual optimization")
+from vae_lightning.objectives import ELBO, ObjectiveOutput, TrainingState
+from vae_lightning.priors import build_prior
 
 
 class VAE(L.LightningModule):
-    """A VAE with prior N(0, I), a diagonal Gaussian q(z|x) and a configurable p(x|z).
+    """A VAE with a diagonal Gaussian q(z|x), a configurable p(x|z) and prior p(z), trained on
+    `objective` (default: the beta-weighted ELBO).
+
+    Outside this class everything uses its public API: `encode(x)` gives the posterior's mu and
+    log sigma^2, `decode(z)` and `reconstruct(x)` images (the mean of p(x|z)), `sample(n)`
+    decodings of prior draws, `kl_per_dim(x)` each latent dimension's KL to the prior, and
+    `elbo_terms(x)` / `log_importance_weights(x, k)` what objectives and evaluation need.
 
     Every constructor argument is saved in the checkpoint as plain data, so
     `VAE.load_from_checkpoint(path)` rebuilds the model with nothing else at hand (and with
     torch.load's safe `weights_only` unpickler). `optimizer` is a Hydra config of a partial
-    optimiser, e.g. {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}.
+    optimiser, e.g. {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3};
+    `scheduler`, when given, is Lightning's lr-scheduler dict with a partial scheduler under
+    "scheduler" (e.g. {"scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+    "_partial_": True, "T_max": 10}, "interval": "epoch"}); `objective` is the Hydra config of
+    an `objectives.Objective`.
 
     Remedies for posterior collapse, in the training loss only (validation, test and every
     reported ELBO use beta and no free bits): `kl_warmup` ramps the KL weight linearly from 0 to
     beta over that many `kl_warmup_unit` ("steps" or "epochs"); `free_bits` is a floor of that
     many nats per latent dimension on the KL term (see ELBOTerms.loss).
-
-    training_step steps the optimiser itself (Lightning's manual optimisation): the closure
-    and hooks of automatic optimisation are ~240 Python calls a step, about 1% of a step of
-    pytorch/examples' MLP on a 2-core CPU (benchmarks/README.md). Gradient clipping is therefore
-    `gradient_clip_val` (max norm, 0 = off) here, not the Trainer's.
     """
 
     def __init__(
@@ -45,18 +46,20 @@ class VAE(L.LightningModule):
         likelihood: str = "bernoulli",
         gaussian_sigma: float = 0.1,
         gaussian_sigma_per: str = "image",
+        prior: str = "standard",
+        n_pseudo_inputs: int = 500,
+        objective: dict[str, Any] | None = None,
         beta: float = 1.0,
         kl_warmup: int = 0,
         kl_warmup_unit: str = "steps",
         free_bits: float = 0.0,
-        gradient_clip_val: float = 0.0,
         optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
         compile: bool = False,
         channels_last: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.automatic_optimization = False
         self.image_shape = tuple(image_shape)
         self.encoder, self.decoder = build_networks(
             network, self.image_shape, latent_dim, list(hidden_dims), dense_dim
@@ -64,41 +67,85 @@ class VAE(L.LightningModule):
         self.likelihood = build_likelihood(
             likelihood, gaussian_sigma, self.image_shape[0], gaussian_sigma_per
         )
+        self.prior = build_prior(prior, self.encode, self.image_shape, latent_dim, n_pseudo_inputs)
+        self.objective = instantiate(objective) if objective else ELBO()
         self.beta = beta
-        # NHWC conv weights (and inputs, in forward): faster kernels on some CPUs and GPUs
+        self.dataset_size = 1  # of the training data, known once the trainer sets up
+        # NHWC conv weights (and inputs, in encode): faster kernels on some CPUs and GPUs
         if channels_last:
             self.to(memory_format=torch.channels_last)
         if compile:  # in place: the state_dict keys stay those of the plain modules
             self.encoder.compile()
             self.decoder.compile()
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets `_current_fx_name` before and after every hook it calls, about 40 times
-        # a training step. nn.Module.__setattr__ first checks whether the value is a parameter,
-        # module or buffer (500 Python calls a step, ~2% of a step of pytorch/examples' MLP on a
-        # 2-core CPU). A hook name is none of these: it is stored as nn.Module would store it.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
+    # --- the model -------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns the decoder output for one posterior sample, and mu, log sigma^2 of q(z|x)."""
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu and log sigma^2 of q(z|x), each (batch, latent_dim)."""
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        mu, logvar = self.encoder(x)
-        return self.decoder(reparameterize(mu, logvar)), mu, logvar
+        return self.encoder(x)
 
-    def elbo_terms(self, x: torch.Tensor) -> ELBOTerms:
-        return elbo_terms(self.likelihood, x, *self(x))
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x|z): images (batch, C, H, W) in [0, 1]."""
+        return self.likelihood.mean(self.decoder(z))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of p(x|z) at z = E_q[z]: the deterministic reconstruction shown in grids."""
-        mu, _ = self.encoder(x)
-        return self.likelihood.mean(self.decoder(mu))
+        return self.decode(self.encode(x)[0])
 
-    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.mean(self.decoder(z))
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decodings of n draws from the prior; the same generator state gives the same draws."""
+        return self.decode(self.prior.sample(n, generator))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoder output for one posterior sample, and mu, log sigma^2 of q(z|x)."""
+        mu, logvar = self.encode(x)
+        return self.decoder(reparameterize(mu, logvar)), mu, logvar
+
+    def elbo_terms(self, x: torch.Tensor) -> ELBOTerms:
+        """recon = -log p(x|z) at one z ~ q(z|x) and KL(q(z|x) || p(z)), per image."""
+        mu, logvar = self.encode(x)
+        z = reparameterize(mu, logvar)
+        if self.prior.analytic_kl:
+            kl_per_dim = self.prior.kl_per_dim(mu, logvar, z)
+            kl = kl_per_dim.sum(dim=-1)
+        else:  # a Monte Carlo KL of the whole z; per dimension it does not add up (free bits)
+            kl_per_dim, kl = None, self.prior.kl(mu, logvar, z)
+        return ELBOTerms(
+            -self.likelihood.log_prob(self.decoder(z), x), kl, kl_per_dim, mu, logvar, z
+        )
+
+    def log_importance_weights(
+        self, x: torch.Tensor, k: int, stop_posterior_grad: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(x, z_i) - log q(z_i|x) for k draws z_i ~ q(z|x) per image (k, batch), and z."""
+        mu, logvar = self.encode(x)
+        return log_importance_weights(
+            self.likelihood,
+            self.decoder,
+            x,
+            mu,
+            logvar,
+            k,
+            self.prior.log_prob,
+            stop_posterior_grad,
+        )
+
+    def kl_per_dim(self, x: torch.Tensor) -> torch.Tensor:
+        """KL(q(z_d|x) || p(z_d)) of each latent dimension d, per image (batch, latent_dim).
+
+        A prior without a closed-form KL is estimated at draws of a generator of its own, so
+        drawing pictures or metrics does not move the random stream that training uses."""
+        mu, logvar = self.encode(x)
+        z = None
+        if not self.prior.analytic_kl:
+            generator = torch.Generator(mu.device).manual_seed(0)
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            z = mu + eps * (0.5 * logvar).exp()
+        return self.prior.kl_per_dim(mu, logvar, z)
+
+    # --- training ----------------------------------------------------------------------------
 
     def kl_weight(self, batch_idx: int) -> float:
         """beta, ramped linearly from 0 during the KL warm-up; computed on the host, no sync."""
@@ -111,23 +158,33 @@ class VAE(L.LightningModule):
             progress = self.global_step
         return self.beta * min(1.0, progress / warmup)
 
-    def _step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, beta: float, free_bits=0.0
-    ) -> torch.Tensor:
+    def setup(self, stage: str) -> None:
+        # The training-set size, for objectives that estimate q(z) from a minibatch.
+        datamodule = self.trainer.datamodule
+        self.dataset_size = len(datamodule.split("train")) if hasattr(datamodule, "split") else 1
+
+    def _training_state(self, kl_weight: float, free_bits: float = 0.0) -> TrainingState:
+        return TrainingState(kl_weight, free_bits, self.global_step, self.dataset_size)
+
+    def _step(self, batch, stage: str, state: TrainingState) -> torch.Tensor:
         images, _ = batch
-        terms = self.elbo_terms(images)
-        loss = terms.loss(beta, free_bits)
+        out: ObjectiveOutput = self.objective(self, images, state)
         if stage == "train" and not self._logs_this_step():
-            return loss
-        logged = {
-            f"{stage}/loss": loss,
-            f"{stage}/recon": terms.recon.mean(),
-            f"{stage}/kl": terms.kl.mean(),
-            f"{stage}/elbo": terms.elbo.mean(),
-        }
+            return out.loss
+        terms = out.terms
+        if terms is None and stage != "train":  # reported ELBOs are of the model, any objective
+            terms = self.elbo_terms(images)
+        logged = {f"{stage}/loss": out.loss}
+        if terms is not None:
+            logged |= {
+                f"{stage}/recon": terms.recon.mean(),
+                f"{stage}/kl": terms.kl.mean(),
+                f"{stage}/elbo": terms.elbo.mean(),
+            }
+        logged |= {f"{stage}/{name}": value for name, value in out.logged.items()}
         if stage == "train":
             if self.hparams.kl_warmup > 0:  # otherwise beta is a constant, in the hparams
-                logged["train/beta"] = beta
+                logged["train/beta"] = state.kl_weight
             if hasattr(self.likelihood, "sigma"):
                 logged["train/gaussian_sigma"] = self.likelihood.sigma.detach().mean()
         # Logged as tensors: Lightning reduces them on its own schedule, with no host sync here.
@@ -137,36 +194,50 @@ class VAE(L.LightningModule):
             batch_size=images.shape[0],
             sync_dist=stage != "train",  # under DDP: val/test over all shards, not rank zero's
         )
-        return loss
+        return out.loss
 
     def _logs_this_step(self) -> bool:
-        """Whether the trainer passes this training step's values on to the loggers (the rule of
-        its `log_every_n_steps`). Only then are they logged: each self.log costs about a
-        millisecond of Python, as much as a whole step of a small model, and a step's
-        values that no logger is sent are never seen."""
+        """Whether the trainer passes this training step's values on to the loggers; only then
+        are they logged, since each self.log costs Python work comparable to a small model's
+        step, and values that no logger receives are never seen.
+
+        This copies Lightning's private rule, `_LoggerConnector.should_update_logs`
+        (lightning/pytorch/trainer/connectors/logger_connector/logger_connector.py), whole:
+        never with log_every_n_steps=0; else when the step about to finish is a multiple of
+        it, or the trainer is about to stop. Lightning counts `_batches_that_stepped`, which
+        equals the public `global_step` here (one optimiser, and a step is never skipped by
+        returning None). fast_dev_run is added, so its single step shows its values.
+        """
         trainer = self.trainer
+        if trainer.fast_dev_run:
+            return True
         every = trainer.log_every_n_steps
-        return bool(trainer.fast_dev_run) or (every > 0 and (self.global_step + 1) % every == 0)
+        if every == 0:
+            return False
+        return (self.global_step + 1) % every == 0 or trainer.should_stop
 
     def training_step(self, batch, batch_idx):
-        loss = self._step(batch, "train", self.kl_weight(batch_idx), self.hparams.free_bits)
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        if self.hparams.gradient_clip_val > 0:
-            self.clip_gradients(
-                optimizer, self.hparams.gradient_clip_val, gradient_clip_algorithm="norm"
-            )
-        optimizer.step()
-        return loss
+        state = self._training_state(self.kl_weight(batch_idx), self.hparams.free_bits)
+        return self._step(batch, "train", state)
 
     def validation_step(self, batch, batch_idx):
-        return self._step(batch, "val", self.beta)
+        return self._step(batch, "val", self._training_state(self.beta))
 
     def test_step(self, batch, batch_idx):
-        return self._step(batch, "test", self.beta)
+        return self._step(batch, "test", self._training_state(self.beta))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
+        """The optimiser over the model's parameters (the objective's own networks, if any, in
+        the parameter groups it asks for), with the scheduler when one is configured."""
+        extra_groups = self.objective.param_groups()
+        own = {id(p) for group in extra_groups for p in group["params"]}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in own]}, *extra_groups]
         if self.hparams.optimizer is None:
-            return torch.optim.Adam(self.parameters())
-        return instantiate(self.hparams.optimizer)(self.parameters())
+            optimizer = torch.optim.Adam(groups)
+        else:
+            optimizer = instantiate(self.hparams.optimizer)(groups)
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = dict(self.hparams.scheduler)
+        scheduler["scheduler"] = instantiate(scheduler["scheduler"])(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -10,11 +10,11 @@ from types import FrameType
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
-from vae_lightning.config import ConfigError, UserError
+from vae_lightning.errors import ConfigError, UserError
+from vae_lightning.runs import last_checkpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -32,37 +32,6 @@ class Interrupted(UserError):
 
 class NonFiniteLoss(UserError):
     """The training loss became NaN or infinite."""
-
-
-def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
-    """Where the first ModelCheckpoint with `save_last` keeps `last.ckpt`."""
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
-            return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}.ckpt"
-    return None
-
-
-def resume_arguments(argv: list[str]) -> list[str]:
-    """Expand `resume=<run dir>` into the arguments that continue that run in its directory.
-
-    The run's own saved config (`.hydra/config.yaml`) is composed instead of conf/, so nothing
-    has to be typed again; other arguments still apply (e.g. `trainer.max_epochs=20`).
-    """
-    resume = [arg for arg in argv if arg.startswith("resume=")]
-    if not resume:
-        return argv
-    run_dir = Path(resume[-1].removeprefix("resume=")).resolve()
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if not (run_dir / ".hydra" / "config.yaml").is_file():
-        raise ConfigError("resume", str(run_dir), "a run directory holding .hydra/config.yaml")
-    if not checkpoint.is_file():
-        raise ConfigError("resume", str(run_dir), "a run that saved checkpoints/last.ckpt")
-    return [
-        *("--config-dir", str(run_dir / ".hydra"), "--config-name", "config"),
-        f"hydra.run.dir='{run_dir}'",
-        f"ckpt_path='{checkpoint}'",
-        *(arg for arg in argv if not arg.startswith("resume=")),
-    ]
 
 
 class Resumable(L.Callback):

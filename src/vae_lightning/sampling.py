@@ -10,21 +10,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchvision.utils import save_image
 
-from vae_lightning.callbacks import (
+from vae_lightning.config import SAMPLE_RULES, check_config
+from vae_lightning.drawing import (
     interpolation_grid,
-    kl_per_dim,
     reconstruction_grid,
     sample_grid,
     traversal_grid,
 )
-from vae_lightning.config import (
-    SAMPLE_RULES,
-    check_config,
-    load_checkpoint_model,
-    run_data_config,
-    run_dir_of,
-)
 from vae_lightning.module import VAE
+from vae_lightning.runs import load_checkpoint_model, run_data_config, run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +29,7 @@ N_KL_IMAGES = 500
 def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
     """The grids of one mode, by file name (without .png)."""
     if cfg.mode == "prior":
-        z = torch.randn(cfg.n, model.hparams.latent_dim)
-        return {"prior": sample_grid(model, z)}
+        return {"prior": sample_grid(model, model.prior.sample(cfg.n))}
     datamodule = instantiate(run_data_config(cfg.ckpt_path, f"mode={cfg.mode}"))
     if cfg.mode == "reconstruct":
         return {"reconstruct": reconstruction_grid(model, datamodule.examples("test", cfg.n)[0])}
@@ -44,8 +37,8 @@ def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
         images, _ = datamodule.examples("test", 2 * cfg.n)
         return {"interpolate": interpolation_grid(model, images[0::2], images[1::2], cfg.steps)}
     images, _ = datamodule.examples("test", max(cfg.n, N_KL_IMAGES))
-    mu, logvar = model.encoder(images)
-    order = kl_per_dim(mu, logvar).argsort(descending=True)
+    mu, _ = model.encode(images)
+    order = model.kl_per_dim(images).mean(dim=0).argsort(descending=True)
     return {
         f"traverse_{i:03d}": traversal_grid(model, mu[i], order, cfg.span, cfg.steps)
         for i in range(min(cfg.n, len(mu)))

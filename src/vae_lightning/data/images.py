@@ -78,17 +78,22 @@ class ImageDataModule(InMemoryDataModule):
     def image_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.image_size, self.image_size)
 
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        if self.name == "celeba":  # 40 binary attributes
+            return tuple(f"attribute {i}" for i in range(40))
+        return ("class",)
+
     def cache_path(self, source: Source, split: str) -> Path:
         where = hashlib.sha1(source.location.encode()).hexdigest()[:8]
         c, h, w = self.image_shape
         return self.cache_dir / source.name / f"{split}-{c}x{h}x{w}-{where}.pt"
 
-    def load_cached(self, source: Source, split: str) -> InMemoryImages:
-        """A split as uint8 tensors: from its cache file, or decoded once and cached."""
+    def build_cache(self, source: Source, split: str) -> InMemoryImages | None:
+        """Decode a split once and cache it; None when its cache file already exists."""
         path = self.cache_path(source, split)
         if path.is_file():
-            data = torch.load(path, weights_only=True)
-            return InMemoryImages(data["images"], data["labels"])
+            return None
         split_data = decode_all(source.open(split), self.num_workers)
         save_atomically({"images": split_data.images, "labels": split_data.labels}, path)
         log.info(
@@ -96,8 +101,26 @@ class ImageDataModule(InMemoryDataModule):
         )
         return split_data
 
+    def load_cached(self, source: Source, split: str) -> InMemoryImages:
+        """A split as uint8 tensors: from its cache file, or decoded now and cached."""
+        built = self.build_cache(source, split)
+        if built is not None:
+            return built
+        data = torch.load(self.cache_path(source, split), weights_only=True)
+        return InMemoryImages(data["images"], data["labels"])
+
+    def find(self) -> Source:
+        return find_source(self.name, self.root, self.download, self.image_size, self.channels)
+
+    def prepare_data(self) -> None:
+        """Find the set (downloading it when `download` says so) and build its cache files."""
+        source = self.find()
+        if self.in_memory:
+            for split in source.splits:
+                self.build_cache(source, split)
+
     def load_splits(self) -> dict[str, Dataset]:
-        source = find_source(self.name, self.root, self.download, self.image_size, self.channels)
+        source = self.find()
         load = (lambda split: self.load_cached(source, split)) if self.in_memory else source.open
         if "test" in source.splits:
             train, test = load("train"), load("test")

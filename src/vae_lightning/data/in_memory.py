@@ -7,7 +7,7 @@ A split may instead be any dataset of (uint8 image, label) items, decoded one by
 `num_workers` processes: the path for sets too large for memory.
 """
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 
 import lightning as L
 import torch
@@ -44,7 +44,7 @@ class InMemoryImages(Dataset):
     def __getitem__(self, indices: torch.Tensor | list[int]) -> Batch:
         # index_select rather than images[index]: advanced indexing of uint8 rows is about ten
         # times slower on CPU (90 us against 7 for a batch of 128 Fashion-MNIST images).
-        index = torch.as_tensor(indices)
+        index = torch.as_tensor(indices, dtype=torch.long)
         return self.images.index_select(0, index), self.labels.index_select(0, index)
 
     def subset(self, index: torch.Tensor) -> "InMemoryImages":
@@ -81,9 +81,18 @@ class IndexBatches(Sampler):
         return iter(order.split(self.batch_size))
 
 
-class InMemoryDataModule(L.LightningDataModule):
-    """Subclasses say what their images look like and load the three splits, as InMemoryImages
-    (sliced by batch) or as datasets of single (uint8 image, label) items."""
+class InMemoryDataModule(L.LightningDataModule, ABC):
+    """Subclasses say what their images and labels are and load the three splits, as
+    InMemoryImages (sliced by batch) or as datasets of single (uint8 image, label) items.
+
+    As Lightning's contract asks, anything written to disk (downloads, caches) happens in
+    `prepare_data`, once per node, and `setup` only loads; a split is also loaded on first use.
+    """
+
+    # What the labels are: one class index per image ("class",) or, when `labels_are_factors`,
+    # the grid indices of the named factors of variation, one label column each.
+    label_names: tuple[str, ...] = ("class",)
+    labels_are_factors: bool = False
 
     def __init__(self, batch_size: int = 128, eval_batch_size: int = 500, num_workers: int = 0):
         super().__init__()
@@ -140,8 +149,9 @@ class InMemoryDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    def val_dataloader(self) -> DataLoader | list:
+        # No validation split (val_fraction=0): no loader, so Lightning skips validation.
+        return self._loader("val", shuffle=False) if len(self.split("val")) else []
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

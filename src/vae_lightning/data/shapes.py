@@ -70,7 +70,11 @@ def sample_factor_indices(n: int | None, seed: int) -> torch.Tensor:
 
 
 class ShapesDataModule(InMemoryDataModule):
-    """`size` images from the factor grid (None: all 737,280), split into train, val and test."""
+    """`size` images from the factor grid (None: all 737,280), split into train, val and test;
+    labelled by their factor indices."""
+
+    label_names = FACTOR_NAMES
+    labels_are_factors = True
 
     def __init__(
         self,

@@ -19,8 +19,8 @@ from torchvision.datasets.folder import find_classes, make_dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
-from vae_lightning.config import ConfigError
 from vae_lightning.data.in_memory import InMemoryImages
+from vae_lightning.errors import ConfigError
 
 # name -> torchvision class; its files live in ROOT/<class name>/raw, as torchvision puts them
 IDX_SETS = {

@@ -1,0 +1,23 @@
+"""Training objectives: each turns what the model computed for a batch into the training loss
+and the extra values it logs. `model.objective` picks one (conf/model/objective/); the default,
+`elbo`, is the beta-weighted single-sample ELBO.
+
+An objective reads the model only through two methods, so that every model (the one-layer VAE,
+the hierarchical one) trains with every objective that makes sense for it:
+
+- `model.elbo_terms(x) -> ELBOTerms`: one posterior sample per image, with the per-sample terms
+  recon = -log p(x|z), kl = KL(q(z|x) || p(z)) (closed form or Monte Carlo, as the prior allows),
+  and the posterior's mu, logvar and the sample z;
+- `model.log_importance_weights(x, k, stop_posterior_grad=False) -> (log_w, z)`: k draws
+  z_i ~ q(z|x) per image (k, batch, latent_dim) and log w_i = log p(x, z_i) - log q(z_i|x)
+  (k, batch); with stop_posterior_grad the parameters of q in log q(z_i|x) are detached (the
+  path through z_i is kept), as the doubly-reparameterised gradient needs.
+
+Validation and test call the objective with `TrainingState.evaluation(beta)`: the full KL
+weight, no warm-up and no free bits, so val/loss is comparable across epochs.
+"""
+
+from vae_lightning.objectives.base import Objective, ObjectiveOutput, TrainingState
+from vae_lightning.objectives.elbo import ELBO
+
+__all__ = ["ELBO", "Objective", "ObjectiveOutput", "TrainingState"]

@@ -1,0 +1,129 @@
+"""Finding and reading runs: their directories, saved configs and checkpoints."""
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from vae_lightning.errors import ConfigError
+from vae_lightning.module import VAE
+
+# The model hyperparameters that fix the shapes of the weights in a checkpoint.
+SHAPE_HPARAMS = ("network", "latent_dim", "hidden_dims", "dense_dim", "prior", "n_pseudo_inputs")
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path:
+    """train.py keeps checkpoints in `<run dir>/checkpoints/`."""
+    ckpt = Path(ckpt_path)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
+    """Where the first ModelCheckpoint with `save_last` keeps `last.ckpt`."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
+            return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}.ckpt"
+    return None
+
+
+def resume_arguments(argv: list[str]) -> list[str]:
+    """Expand `resume=<run dir>` into the arguments that continue that run in its directory.
+
+    The run's own saved config (`.hydra/config.yaml`) is composed instead of conf/, so nothing
+    has to be typed again; other arguments still apply (e.g. `trainer.max_epochs=20`).
+    """
+    resume = [arg for arg in argv if arg.startswith("resume=")]
+    if not resume:
+        return argv
+    run_dir = Path(resume[-1].removeprefix("resume=")).resolve()
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise ConfigError("resume", str(run_dir), "a run directory holding .hydra/config.yaml")
+    if not checkpoint.is_file():
+        raise ConfigError("resume", str(run_dir), "a run that saved checkpoints/last.ckpt")
+    return [
+        *("--config-dir", str(run_dir / ".hydra"), "--config-name", "config"),
+        f"hydra.run.dir='{run_dir}'",
+        f"ckpt_path='{checkpoint}'",
+        *(arg for arg in argv if not arg.startswith("resume=")),
+    ]
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else value
+
+
+def checkpoint_to_resume(cfg: DictConfig, image_shape: tuple[int, int, int]) -> str | None:
+    """The checkpoint `ckpt_path` names, checked against the model config; None to start afresh.
+
+    `ckpt_path=last` is this run's `checkpoints/last.ckpt`, or a fresh start when there is none
+    yet (as in Lightning), so a scheduler can repeat one command until the run is done.
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "last":
+        checkpoint_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+        last = Path(checkpoint_dir or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
+        ckpt_path = str(last) if last.is_file() else None
+    if ckpt_path is None:
+        return None
+    allowed = "the path of a .ckpt file written by train.py, last, or null"
+    if not Path(ckpt_path).is_file():
+        raise ConfigError("ckpt_path", ckpt_path, f"no such file; {allowed}")
+    try:
+        # mmap: only the metadata read here is loaded, not the weights.
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        hparams = checkpoint["hyper_parameters"]
+    except Exception:  # torch raises many types for a file that is not a checkpoint
+        raise ConfigError("ckpt_path", ckpt_path, f"not a checkpoint; {allowed}") from None
+    unused = {
+        "dense_dim": cfg.model.network != "conv",
+        "n_pseudo_inputs": cfg.model.prior != "vamp",
+    }
+    keys = [key for key in SHAPE_HPARAMS if not unused.get(key)]
+    configured = {f"model.{key}": cfg.model.get(key) for key in keys}
+    saved = {f"model.{key}": hparams.get(key) for key in keys}
+    configured["data.image_shape"] = image_shape
+    saved["data.image_shape"] = hparams.get("image_shape")
+    for key, value in configured.items():
+        if _plain(value) != _plain(saved[key]):
+            raise ConfigError(
+                key, _plain(value), f"the checkpoint {ckpt_path} has {key}={_plain(saved[key])}"
+            )
+    return ckpt_path
+
+
+def load_checkpoint_model(ckpt_path: str | None) -> VAE:
+    """The VAE of a checkpoint, rebuilt from its own hparams alone, on the CPU, in eval mode;
+    a ConfigError if the file is missing or not a checkpoint of train.py."""
+    allowed = "a checkpoint of train.py, e.g. ckpt_path=outputs/DATE/TIME/checkpoints/last.ckpt"
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        raise ConfigError("ckpt_path", ckpt_path, f"{allowed} (no such file)")
+    try:
+        model = VAE.load_from_checkpoint(ckpt_path, map_location="cpu")
+    except Exception as error:  # whatever the file holds instead, the fix is another ckpt_path
+        reason = f"{type(error).__name__} on loading"
+        raise ConfigError("ckpt_path", ckpt_path, f"{allowed} ({reason})") from None
+    return model.eval()
+
+
+def run_data_config(ckpt_path: str | Path, needed_by: str) -> DictConfig:
+    """The data config of the run that wrote a checkpoint, from `<run dir>/.hydra/config.yaml`,
+    with data paths taken from where that run was started (its `.hydra/hydra.yaml`)."""
+    run_dir = run_dir_of(ckpt_path)
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(
+            "ckpt_path",
+            str(ckpt_path),
+            f"{needed_by} needs the run's data: a checkpoint in <run dir>/checkpoints/ with "
+            f"<run dir>/.hydra/config.yaml beside it (not found: {saved}), or name the data, "
+            "e.g. data=shapes",
+        )
+    run_cfg = OmegaConf.load(saved)
+    hydra_cfg = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_cfg.is_file():
+        run_cfg.paths.root_dir = OmegaConf.load(hydra_cfg).hydra.runtime.cwd
+    return run_cfg.data
