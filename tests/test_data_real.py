@@ -75,6 +75,21 @@ def test_cache_is_one_file_per_split_and_is_reused(cache_dir, monkeypatch):
         fashion_mnist(cache_dir, image_size=32)
 
 
+def test_prepare_data_writes_the_cache_and_setup_only_loads_it(tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    preparing = ImageDataModule("fashion_mnist", "/nonexistent", str(cache_dir))
+    preparing.prepare_data()  # Lightning's once-per-node step: every split cached, none loaded
+    assert len(list((cache_dir / "fashion_mnist").iterdir())) == 2 and preparing.splits is None
+
+    def no_decoding(path):
+        raise AssertionError(f"setup decoded {path}")
+
+    monkeypatch.setattr(sources, "read_idx", no_decoding)
+    loading = ImageDataModule("fashion_mnist", "/nonexistent", str(cache_dir))
+    loading.setup("fit")
+    assert len(loading.split("train")) == 54_000 and len(loading.split("test")) == 10_000
+
+
 def test_dynamic_binarisation_fresh_in_training_fixed_in_evaluation(cache_dir):
     datamodule = fashion_mnist(cache_dir, binarize="dynamic", size=512)
     grey = datamodule.split("train").images[:256]

@@ -114,7 +114,7 @@ RECORD = "+callbacks.optimizer_steps._target_=tests.test_module.OptimizerSteps"
 @pytest.mark.parametrize("clip", [0.0, 1e-3])
 def test_trainer_gradient_clipping_bounds_the_norm_of_each_step(tiny_config, clip):
     metrics = train(
-        tiny_config(RECORD, f"+trainer.gradient_clip_val={clip}", "trainer.max_epochs=1")
+        tiny_config(RECORD, f"trainer.gradient_clip_val={clip}", "trainer.max_epochs=1")
     )
     norms = OptimizerSteps.runs[-1].norms
     assert len(norms) == metrics["steps"] == 16
@@ -125,7 +125,7 @@ def test_trainer_gradient_clipping_bounds_the_norm_of_each_step(tiny_config, cli
 
 
 def test_trainer_accumulates_gradients_over_batches(tiny_config):
-    metrics = train(tiny_config(RECORD, "+trainer.accumulate_grad_batches=4"))
+    metrics = train(tiny_config(RECORD, "trainer.accumulate_grad_batches=4"))
     # 2 epochs of 16 batches: one optimiser step per 4 batches
     assert metrics["steps"] == len(OptimizerSteps.runs[-1].norms) == 8
 

@@ -90,12 +90,19 @@ def test_multirun_makes_one_directory_per_job(tmp_path):
         ("model.latent_dim=abc", "model.latent_dim"),
         ("model.beta=-1", "model.beta"),
         ("model.likelihood=poisson", "model.likelihood"),
-        ("+trainer.gradient_clip_val=-1", "trainer.gradient_clip_val"),
-        ("+trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches"),
+        ("model.objective=foo", "model.objective"),
+        ("model.objective=iwae model.objective.k=0", "model.objective.k"),
+        ("model.objective=iwae model.objective.estimator=foo", "model.objective.estimator"),
+        ("model.prior=foo", "model.prior"),
+        ("model.prior=vamp model.n_pseudo_inputs=0", "model.n_pseudo_inputs"),
+        ("model.prior=vamp model.free_bits=0.5", "model.free_bits"),
+        ("optimized_metric=loss", "optimized_metric"),
+        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches"),
     ],
 )
 def test_bad_config_gives_one_clear_line_and_nonzero_exit(tmp_path, override, key):
-    result = run_script("train.py", override, f"hydra.run.dir={tmp_path}")
+    result = run_script("train.py", *override.split(), f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -122,8 +122,7 @@ class Pictures(Callback):
     """Draws each picture it is given (EpochImages; None leaves one out) at its epochs.
 
     One callback for all of them, not one each: Lightning calls every hook of every callback at
-    every training step, about 60 Python calls a step per callback, and these draw only at the
-    ends of epochs and of fit."""
+    every training step, and these draw only at the ends of epochs and of fit."""
 
     def __init__(self, **pictures: EpochImages | None):
         self.pictures = [picture for picture in pictures.values() if picture is not None]

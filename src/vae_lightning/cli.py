@@ -97,14 +97,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     W&B's run, when there is one, is finished however the job ends, so the next job of a
     multirun in the same process gets a run of its own."""
+    failed = True
     try:
-        return fit_and_test(cfg)
+        metrics = fit_and_test(cfg)
+        failed = False
+        return metrics
     finally:
-        if "wandb" in sys.modules:
+        if "wandb" in sys.modules:  # only a run that imported it can have a W&B run open
             import wandb
 
             if wandb.run is not None:
-                wandb.finish(exit_code=0 if sys.exc_info()[0] is None else 1)
+                wandb.finish(exit_code=int(failed))
 
 
 def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
@@ -171,6 +174,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=cfg.paths.output_dir,
+        limit_test_batches=cfg.eval.limit_test_batches,
     )
     datamodule.prepare_data()
     metrics = test_metrics(trainer, model, datamodule, cfg.eval)

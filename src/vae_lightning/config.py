@@ -31,6 +31,10 @@ def _positive_int(value: Any) -> bool:
     return _is_int(value) and value > 0
 
 
+def _non_negative(value: Any) -> bool:
+    return _is_number(value) and value >= 0
+
+
 def _positive_ints(value: Any) -> bool:
     return OmegaConf.is_list(value) and len(value) > 0 and all(map(_positive_int, value))
 
@@ -54,6 +58,13 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.n_pseudo_inputs", _positive_int, "a positive integer, e.g. 500"),
     ("model.objective.k", _positive_int, "a positive integer of samples, e.g. 5"),
     ("model.objective.estimator", lambda v: v in ESTIMATORS, f"one of {', '.join(ESTIMATORS)}"),
+    *(
+        (f"model.objective.{weight}", _non_negative, "a number >= 0, e.g. 1")
+        for weight in ("alpha", "beta", "gamma", "lambda_od", "lambda_d", "c_min", "c_max")
+    ),
+    ("model.objective.n_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 of steps"),
+    ("model.objective.variant", lambda v: v in ("i", "ii"), "one of i, ii"),
+    ("model.objective.sampling", lambda v: v in ("mws", "mss"), "one of mws, mss"),
     ("trainer.gradient_clip_val", lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: off)"),
     ("trainer.accumulate_grad_batches", _positive_int, "a positive integer of batches, e.g. 4"),
     ("model.optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. 1e-3"),
@@ -91,6 +102,14 @@ COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
         "model.free_bits",
         lambda cfg: not cfg.model.get("free_bits") or cfg.model.get("prior") == "standard",
         "0 with model.prior=vamp: a mixture prior's KL does not split into dimensions",
+    ),
+    (
+        "model.prior",
+        lambda cfg: (
+            cfg.model.get("prior") == "standard"
+            or not str(OmegaConf.select(cfg, "model.objective._target_")).endswith("BetaTC")
+        ),
+        "standard with model.objective=beta_tc: its KL decomposition assumes N(0, I)",
     ),
 ]
 

@@ -10,9 +10,8 @@ class NoProfiler(PassThroughProfiler):
 
     Lightning wraps every hook call in `profiler.profile(name)`, dozens of times a training step.
     Its default PassThroughProfiler does nothing inside, but its `profile` is a generator-based
-    context manager, built, entered and left each time: with eleven callbacks that was 660
-    Python calls a step, ~2% of a step of pytorch/examples' MLP on a 2-core CPU
-    (benchmarks/README.md). This one hands back one shared no-op context instead.
+    context manager, built, entered and left each time, a visible share of a small model's step
+    on a CPU (benchmarks/README.md). This one hands back one shared no-op context instead.
     """
 
     _nothing = contextlib.nullcontext()

@@ -42,8 +42,8 @@ class InMemoryImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, indices: torch.Tensor | list[int]) -> Batch:
-        # index_select rather than images[index]: advanced indexing of uint8 rows is about ten
-        # times slower on CPU (90 us against 7 for a batch of 128 Fashion-MNIST images).
+        # index_select rather than images[index]: advanced indexing of uint8 rows is several
+        # times slower on CPU (benchmarks/README.md).
         index = torch.as_tensor(indices, dtype=torch.long)
         return self.images.index_select(0, index), self.labels.index_select(0, index)
 
@@ -64,7 +64,7 @@ class IndexBatches(Sampler):
     """Batches of indices as tensors: slices of one permutation per epoch (or of 0..n-1).
 
     Instead of BatchSampler over RandomSampler, which builds a Python list of ints per batch
-    that the dataset turns back into a tensor: a tenth of a millisecond per step.
+    that the dataset turns back into a tensor at every step.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator):

@@ -1,6 +1,8 @@
 """Training objectives: each turns what the model computed for a batch into the training loss
-and the extra values it logs. `model.objective` picks one (conf/model/objective/); the default,
-`elbo`, is the beta-weighted single-sample ELBO.
+and the extra values it logs. `model.objective` picks one (conf/model/objective/, one file here
+each); the default, `elbo`, is the beta-weighted single-sample ELBO; `iwae` the
+importance-weighted bound (standard or DReG gradient); `beta_tc`, `factor`, `dip` and
+`capacity` the beta-VAE family.
 
 An objective reads the model only through two methods, so that every model (the one-layer VAE,
 the hierarchical one) trains with every objective that makes sense for it:
@@ -18,6 +20,21 @@ weight, no warm-up and no free bits, so val/loss is comparable across epochs.
 """
 
 from vae_lightning.objectives.base import Objective, ObjectiveOutput, TrainingState
+from vae_lightning.objectives.beta_tc import BetaTC
+from vae_lightning.objectives.capacity import Capacity
+from vae_lightning.objectives.dip import DIPVAE
 from vae_lightning.objectives.elbo import ELBO
+from vae_lightning.objectives.factor import FactorVAE
+from vae_lightning.objectives.iwae import IWAE
 
-__all__ = ["ELBO", "Objective", "ObjectiveOutput", "TrainingState"]
+__all__ = [
+    "DIPVAE",
+    "ELBO",
+    "IWAE",
+    "BetaTC",
+    "Capacity",
+    "FactorVAE",
+    "Objective",
+    "ObjectiveOutput",
+    "TrainingState",
+]
