@@ -9,15 +9,20 @@ deterministic layers of 200 units each side and 50 latents (ReLU here, tanh ther
 `python train.py` as a user types it, with the common settings and the row's own, then
 `python eval.py` of its best checkpoint with k importance samples (5000, the papers' protocol)
 on the first `--test-images` test images (beside it, the k = 100 bound on all 10,000 that
-train.py computes at its end). Runs go to outputs/likelihood_table/<row>/; the table is printed
-as markdown.
+train.py computes at its end), then the differences between rows image by image on those same
+images. Runs go to outputs/likelihood_table/<row>/; the tables are printed as markdown.
 """
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
+
+from vae_lightning.cli import PER_IMAGE_NLL
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = [
@@ -52,6 +57,8 @@ PUBLISHED = {
     "vamp": "85.57 (VAE + VampPrior)",
     "iwae5_vamp": "",
 }
+# Differences of test NLL on the same images (row minus baseline): what each change bought.
+PAIRS = [("iwae5", "vae"), ("iwae50_dreg", "vae"), ("vamp", "vae"), ("iwae5_vamp", "iwae5")]
 
 
 def run(script: str, *args: str) -> None:
@@ -67,6 +74,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5000, help="IWAE samples of the evaluation")
     parser.add_argument("--test-images", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "likelihood_table")
+    parser.add_argument(
+        "--eval-only", action="store_true", help="evaluate the runs already in --out again"
+    )
     parser.add_argument("overrides", nargs="*", help="more train.py overrides, for every row")
     args = parser.parse_args()
 
@@ -76,17 +86,19 @@ def main() -> None:
         f"`python benchmarks/likelihood_table.py --epochs {args.epochs} --k {args.k} "
         f"--test-images {args.test_images}` ({batches * eval_batch} test images)",
         "",
-        f"| row | test NLL, IWAE k={args.k} | test −ELBO | train.py's test NLL | active units | "
+        f"| row | test NLL, IWAE k={args.k} (± s.e.) | test −ELBO | train.py's test NLL | "
+        "active units | "
         "training wall s | eval wall s | published (binarised MNIST) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in args.rows:
         title, overrides = ROWS[name]
         run_dir, eval_dir = args.out / name, args.out / f"{name}-eval"
-        run(
-            "train.py", *COMMON, *overrides, f"trainer.max_epochs={args.epochs}",
-            *args.overrides, f"hydra.run.dir={run_dir}",
-        )  # fmt: skip
+        if not args.eval_only:
+            run(
+                "train.py", *COMMON, *overrides, f"trainer.max_epochs={args.epochs}",
+                *args.overrides, f"hydra.run.dir={run_dir}",
+            )  # fmt: skip
         trained = json.loads((run_dir / "metrics.json").read_text())
         run(
             "eval.py", f"ckpt_path={trained['best_checkpoint']}", f"eval.iwae_k={args.k}",
@@ -94,13 +106,33 @@ def main() -> None:
         )  # fmt: skip
         evaluated = json.loads((eval_dir / "metrics.json").read_text())
         lines.append(
-            f"| {title} | {evaluated['test/iwae_nll']:.2f} | {-evaluated['test/elbo']:.2f} | "
+            f"| {title} | {evaluated['test/iwae_nll']:.2f} ± {evaluated['test/iwae_nll_sem']:.2f} "
+            f"| {-evaluated['test/elbo']:.2f} | "
             f"{trained['test/iwae_nll']:.2f} (k={trained['test/iwae_k']}, "
             f"{trained['test/images']} images) | {evaluated['test/active_units']} | "
             f"{trained['wall_time_s']:.0f} | "
             f"{evaluated['wall_time_s']:.0f} | {PUBLISHED[name]} |"
         )
         print("\n".join(lines), flush=True)
+    print("\n".join(paired_differences(args.out, args.rows)))
+
+
+def paired_differences(out: Path, rows: list[str]) -> list[str]:
+    """Each pair's test NLL difference, image by image on the same test images: its mean and
+    the standard error of that mean (far below the rows' own errors, which mostly measure how
+    the images differ)."""
+    lines = ["", "| change | NLL difference (nats) |", "|---|---|"]
+    for row, baseline in PAIRS:
+        if row in rows and baseline in rows:
+            nll = {
+                name: torch.load(out / f"{name}-eval" / PER_IMAGE_NLL) for name in (row, baseline)
+            }
+            difference = nll[row] - nll[baseline]
+            error = difference.std().item() / math.sqrt(len(difference))
+            lines.append(
+                f"| {ROWS[row][0]} − {ROWS[baseline][0]} | {difference.mean():+.2f} ± {error:.2f} |"
+            )
+    return lines
 
 
 if __name__ == "__main__":

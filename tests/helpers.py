@@ -1,5 +1,6 @@
 """What many test files share: tiny training settings, composing train.py's config, running the
-entry points as a user would, and reading TensorBoard's event files."""
+entry points as a user would, reading TensorBoard's event files, data with a NaN batch, and the
+linear-Gaussian model whose log p(x) and posterior are exact."""
 
 import math
 import subprocess
@@ -10,8 +11,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.distributions import MultivariateNormal
 
 from vae_lightning.data import ShapesDataModule
+from vae_lightning.elbo import gaussian_kl
+from vae_lightning.module import VAE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,3 +77,86 @@ class PoisonedShapes(ShapesDataModule):
         if self.trainer.training and self.trainer.global_step == self.nan_step:
             images = torch.full_like(images, math.nan)
         return images, labels
+
+
+# ---- the linear-Gaussian model ------------------------------------------------------------------
+# z ~ N(0, I), x = W z + b + sigma * eps. Then log p(x) = log N(x; b, W W^T + sigma^2 I), and
+# p(z|x) = N(m, S) with S = (I + W^T W / sigma^2)^-1 and m = S W^T (x - b) / sigma^2.
+
+DX, DZ, SIGMA = 6, 3, 0.2
+F64 = torch.float64
+
+
+class FixedPosterior(nn.Module):
+    """An 'encoder' giving the same diagonal Gaussian q for every image of the batch."""
+
+    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
+        super().__init__()
+        self.mu, self.logvar = mu, logvar
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = x.shape[0]
+        return self.mu.expand(batch, DZ), self.logvar.expand(batch, DZ)
+
+
+class LinearGaussian:
+    """W, b, a data point x drawn from the model (its generator draws more), and the exact
+    quantities."""
+
+    def __init__(self, seed: int, orthogonal: bool = False):
+        self.generator = torch.Generator().manual_seed(seed)
+        w = torch.randn(DX, DZ, generator=self.generator, dtype=F64)
+        if orthogonal:  # orthogonal columns: W^T W and so the exact posterior are diagonal
+            w = torch.linalg.qr(w).Q * torch.tensor([2.0, 1.0, 0.5], dtype=F64)
+        self.w, self.b = w, torch.randn(DX, generator=self.generator, dtype=F64)
+        self.x = self.draw(1)[0]
+
+    def draw(self, n: int) -> torch.Tensor:
+        """n data points (n, DX) from the model."""
+        z = torch.randn(n, DZ, generator=self.generator, dtype=F64)
+        noise = torch.randn(n, DX, generator=self.generator, dtype=F64)
+        return z @ self.w.T + self.b + SIGMA * noise
+
+    def log_px(self) -> float:
+        cov = self.w @ self.w.T + SIGMA**2 * torch.eye(DX, dtype=F64)
+        return MultivariateNormal(self.b, cov).log_prob(self.x).item()
+
+    def posterior_map(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, S): the exact posterior of any x is N(A (x - b), S)."""
+        cov = torch.linalg.inv(torch.eye(DZ, dtype=F64) + self.w.T @ self.w / SIGMA**2)
+        return cov @ self.w.T / SIGMA**2, cov
+
+    def posterior(self) -> MultivariateNormal:
+        """p(z|x) of this model's x."""
+        slope, cov = self.posterior_map()
+        return MultivariateNormal(slope @ (self.x - self.b), cov)
+
+    def imperfect_q(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A deliberately imperfect diagonal q of x: the posterior's mean shifted by half its sd,
+        its variances doubled."""
+        post = self.posterior()
+        return post.mean + 0.5 * post.stddev, (2 * post.variance).log()
+
+    def analytic_elbo(self, mu: torch.Tensor, logvar: torch.Tensor) -> float:
+        """E_q[log p(x|z)] in closed form, minus the project's closed-form KL(q || p(z))."""
+        residual = self.x - self.w @ mu - self.b
+        spread = (self.w.pow(2) * logvar.exp()).sum()  # tr(W diag(s^2) W^T)
+        expected_log_lik = (
+            -0.5 * DX * math.log(2 * math.pi * SIGMA**2)
+            - 0.5 * (residual.pow(2).sum() + spread) / SIGMA**2
+        )
+        return (expected_log_lik - gaussian_kl(mu, logvar)).item()
+
+    def vae(self, encoder: nn.Module) -> VAE:
+        """The project's VAE module with this decoder, the given encoder of (1, 1, DX) images,
+        and the fixed-sigma likelihood."""
+        model = VAE((1, 1, DX), "mlp", DZ, (4,), likelihood="gaussian", gaussian_sigma=SIGMA)
+        decoder = nn.Linear(DZ, DX).double()
+        decoder.weight.data, decoder.bias.data = self.w.clone(), self.b.clone()
+        model.decoder = nn.Sequential(decoder, nn.Unflatten(1, (1, 1, DX)))
+        model.encoder = encoder
+        return model
+
+    def images(self, n: int) -> torch.Tensor:
+        """This model's x, n times, as a batch of (1, 1, DX) images."""
+        return self.x.view(1, 1, 1, DX).expand(n, 1, 1, DX)

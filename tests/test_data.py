@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tests.helpers import make_config
 from vae_lightning.data import InMemoryDataModule
 from vae_lightning.data.shapes import (
     FACTOR_SIZES,
@@ -70,3 +71,8 @@ def test_same_seed_same_splits():
 def test_the_in_memory_base_class_is_abstract():
     with pytest.raises(TypeError, match="abstract"):
         InMemoryDataModule()
+
+
+def test_the_shapes_data_is_the_same_whatever_the_runs_seed(tmp_path):
+    # a sweep over seeds compares models on the same images
+    assert make_config(tmp_path, "seed=5").data.seed == make_config(tmp_path, "seed=0").data.seed

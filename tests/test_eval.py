@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.helpers import ROOT, TINY, run_script
-from vae_lightning.cli import evaluate
+from vae_lightning.cli import evaluate, train
 from vae_lightning.errors import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -66,3 +66,34 @@ def test_eval_script_rebuilds_the_run_and_writes_the_metrics(tmp_path):
         evaluate(missing)
     with pytest.raises(ConfigError, match=r"model's shape \(1, 32, 32\)"):
         evaluate(other_size)
+
+
+def test_disentanglement_metrics_after_training_and_in_eval_py_agree(tmp_path, tiny_config):
+    metrics = (
+        "eval.disentanglement.metrics=[beta_vae,factor_vae,mig,sap,dci]",
+        "eval.disentanglement.n_train=60",
+        "eval.disentanglement.n_eval=30",
+        "eval.disentanglement.batch_size=8",
+    )
+    trained = train(tiny_config("trainer.max_epochs=1", "eval.iwae_k=5", *metrics))
+    names = ("beta_vae", "factor_vae", "mig", "sap")
+    names += ("dci_disentanglement", "dci_completeness", "dci_informativeness")
+    assert all(0 <= trained[f"test/{name}"] <= 1 for name in names)
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        eval_cfg = compose(
+            "eval",
+            overrides=[
+                f"ckpt_path={trained['best_checkpoint']}",
+                f"paths.output_dir={tmp_path / 'eval'}",
+                f"paths.root_dir={ROOT}",
+                "eval.iwae_k=5",
+                *metrics,
+                # the training run's own data (a run of train() has no saved .hydra config)
+                "data=shapes",
+                "data.size=640",
+                "data.eval_batch_size=64",
+            ],
+        )
+    evaluated = evaluate(eval_cfg)
+    for name in names:  # fixed seeds and sample sizes: the same numbers
+        assert evaluated[f"test/{name}"] == pytest.approx(trained[f"test/{name}"], abs=1e-6)

@@ -1,8 +1,7 @@
 """The ELBO, the KL and the IWAE bound checked against a model whose log p(x) is known exactly.
 
-A linear-Gaussian VAE: prior z ~ N(0, I), decoder x = W z + b + sigma * eps. Then
-log p(x) = log N(x; b, W W^T + sigma^2 I), and p(z|x) = N(m, S) with S = (I + W^T W / sigma^2)^-1
-and m = S W^T (x - b) / sigma^2. The estimators run through the project's own code: the VAE
+A linear-Gaussian VAE (tests/helpers.py): prior z ~ N(0, I), decoder x = W z + b + sigma * eps,
+with log p(x) and p(z|x) in closed form. The estimators run through the project's own code: the VAE
 module's elbo_terms (likelihood classes, reparameterisation, KL) and log_importance_weights,
 reduced by elbo.iwae_bound.
 """
@@ -11,9 +10,9 @@ import math
 
 import pytest
 import torch
-from torch import nn
 from torch.distributions import MultivariateNormal, kl_divergence
 
+from tests.helpers import DZ, F64, FixedPosterior, LinearGaussian
 from vae_lightning.elbo import (
     diagonal_gaussian_log_prob,
     gaussian_kl,
@@ -21,71 +20,6 @@ from vae_lightning.elbo import (
     log_importance_weights,
     reparameterize,
 )
-from vae_lightning.module import VAE
-
-DX, DZ, SIGMA = 6, 3, 0.2
-F64 = torch.float64
-
-
-class FixedPosterior(nn.Module):
-    """An 'encoder' giving the same diagonal Gaussian q for every image of the batch."""
-
-    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
-        super().__init__()
-        self.mu, self.logvar = mu, logvar
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = x.shape[0]
-        return self.mu.expand(batch, DZ), self.logvar.expand(batch, DZ)
-
-
-class LinearGaussian:
-    """W, b, a data point x drawn from the model, and the exact quantities."""
-
-    def __init__(self, seed: int, orthogonal: bool = False):
-        g = torch.Generator().manual_seed(seed)
-        w = torch.randn(DX, DZ, generator=g, dtype=F64)
-        if orthogonal:  # orthogonal columns: W^T W and so the exact posterior are diagonal
-            w = torch.linalg.qr(w).Q * torch.tensor([2.0, 1.0, 0.5], dtype=F64)
-        self.w, self.b = w, torch.randn(DX, generator=g, dtype=F64)
-        z = torch.randn(DZ, generator=g, dtype=F64)
-        self.x = self.w @ z + self.b + SIGMA * torch.randn(DX, generator=g, dtype=F64)
-
-    def log_px(self) -> float:
-        cov = self.w @ self.w.T + SIGMA**2 * torch.eye(DX, dtype=F64)
-        return MultivariateNormal(self.b, cov).log_prob(self.x).item()
-
-    def posterior(self) -> MultivariateNormal:
-        cov = torch.linalg.inv(torch.eye(DZ, dtype=F64) + self.w.T @ self.w / SIGMA**2)
-        return MultivariateNormal(cov @ self.w.T @ (self.x - self.b) / SIGMA**2, cov)
-
-    def analytic_elbo(self, mu: torch.Tensor, logvar: torch.Tensor) -> float:
-        """E_q[log p(x|z)] in closed form, minus the project's closed-form KL(q || p(z))."""
-        residual = self.x - self.w @ mu - self.b
-        spread = (self.w.pow(2) * logvar.exp()).sum()  # tr(W diag(s^2) W^T)
-        expected_log_lik = (
-            -0.5 * DX * math.log(2 * math.pi * SIGMA**2)
-            - 0.5 * (residual.pow(2).sum() + spread) / SIGMA**2
-        )
-        return (expected_log_lik - gaussian_kl(mu, logvar)).item()
-
-    def vae(self, mu: torch.Tensor, logvar: torch.Tensor) -> VAE:
-        """The project's VAE module with this decoder, a fixed q, and the fixed-sigma likelihood."""
-        model = VAE((1, 1, DX), "mlp", DZ, (4,), likelihood="gaussian", gaussian_sigma=SIGMA)
-        decoder = nn.Linear(DZ, DX).double()
-        decoder.weight.data, decoder.bias.data = self.w.clone(), self.b.clone()
-        model.decoder = nn.Sequential(decoder, nn.Unflatten(1, (1, 1, DX)))
-        model.encoder = FixedPosterior(mu, logvar)
-        return model
-
-    def images(self, n: int) -> torch.Tensor:
-        return self.x.view(1, 1, 1, DX).expand(n, 1, 1, DX)
-
-
-def diagonal_q(model: LinearGaussian) -> tuple[torch.Tensor, torch.Tensor]:
-    """A deliberately imperfect diagonal q: the posterior's mean shifted, its variance doubled."""
-    post = model.posterior()
-    return post.mean + 0.5 * post.stddev, (2 * post.variance).log()
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -105,7 +39,7 @@ def test_elbo_equals_log_px_when_q_is_the_exact_posterior():
     mu, logvar = post.mean, post.variance.log()
     assert model.analytic_elbo(mu, logvar) == pytest.approx(model.log_px(), abs=1e-10)
     # Every importance weight p(x, z) / q(z|x) is then p(x) itself: zero variance.
-    vae = model.vae(mu, logvar)
+    vae = model.vae(FixedPosterior(mu, logvar))
     log_w, _ = vae.log_importance_weights(model.images(1), 50)
     torch.testing.assert_close(log_w, torch.full_like(log_w, model.log_px()), atol=1e-9, rtol=0)
 
@@ -113,8 +47,8 @@ def test_elbo_equals_log_px_when_q_is_the_exact_posterior():
 def test_monte_carlo_elbo_of_the_module_converges_to_the_analytic_elbo():
     torch.manual_seed(0)
     model = LinearGaussian(1)
-    mu, logvar = diagonal_q(model)
-    elbo = model.vae(mu, logvar).elbo_terms(model.images(200_000)).elbo
+    mu, logvar = model.imperfect_q()
+    elbo = model.vae(FixedPosterior(mu, logvar)).elbo_terms(model.images(200_000)).elbo
     standard_error = elbo.std().item() / math.sqrt(len(elbo))
     assert elbo.mean().item() == pytest.approx(
         model.analytic_elbo(mu, logvar), abs=4 * standard_error
@@ -125,8 +59,8 @@ def test_monte_carlo_elbo_of_the_module_converges_to_the_analytic_elbo():
 def test_iwae_rises_with_k_towards_log_px():
     torch.manual_seed(0)
     model = LinearGaussian(2)
-    mu, logvar = diagonal_q(model)
-    vae, repeats = model.vae(mu, logvar), 2000
+    mu, logvar = model.imperfect_q()
+    vae, repeats = model.vae(FixedPosterior(mu, logvar)), 2000
     x = model.images(repeats)
     bounds = {}
     for k in (1, 10, 100, 1000):
@@ -154,8 +88,8 @@ def test_prior_sampling_has_far_larger_variance_than_importance_sampling():
     """log (1/n) sum p(x|z_i) with z_i ~ p(z) is the IWAE bound with q = p(z)."""
     torch.manual_seed(0)
     model = LinearGaussian(3)
-    mu, logvar = diagonal_q(model)
-    vae, repeats, n = model.vae(mu, logvar), 500, 100
+    mu, logvar = model.imperfect_q()
+    vae, repeats, n = model.vae(FixedPosterior(mu, logvar)), 500, 100
     x = model.images(repeats)
     zero = torch.zeros(repeats, DZ, dtype=F64)
 

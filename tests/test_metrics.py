@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from vae_lightning.config import check_config
+from vae_lightning.disentanglement import mig, mutual_information
 from vae_lightning.errors import ConfigError
-from vae_lightning.metrics import active_units, bits_per_dim, mig, mutual_information
+from vae_lightning.metrics import active_units, bits_per_dim
 
 
 def test_active_units_count_dims_whose_posterior_mean_varies_over_the_data():

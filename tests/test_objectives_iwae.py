@@ -1,8 +1,7 @@
 """The IWAE objective checked on a linear-Gaussian VAE, whose log p(x) and ELBO are exact.
 
-The model: prior z ~ N(0, I), decoder x = W z + b + sigma * eps, so log p(x) = log N(x; b,
-W W^T + sigma^2 I) and p(z|x) = N(m, S) with S = (I + W^T W / sigma^2)^-1 and
-m = S W^T (x - b) / sigma^2 (as in test_linear_gaussian). The encoder is learnable and
+The model (tests/helpers.py): prior z ~ N(0, I), decoder x = W z + b + sigma * eps, with
+log p(x) and p(z|x) in closed form, inside the project's VAE module. The encoder is learnable and
 deliberately imperfect (diagonal, mean shifted by half a posterior sd, variance doubled), so the
 ELBO, the IWAE bounds and log p(x) all differ.
 
@@ -17,63 +16,11 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.distributions import MultivariateNormal
 
-from vae_lightning.elbo import (
-    FixedGaussian,
-    elbo_terms,
-    gaussian_kl,
-    log_importance_weights,
-    reparameterize,
-)
+from tests.helpers import DX, DZ, LinearGaussian
+from vae_lightning.module import VAE
 from vae_lightning.objectives import ELBO, TrainingState
 from vae_lightning.objectives.iwae import ESTIMATORS, IWAE
-
-DX, DZ, SIGMA = 6, 3, 0.2
-F64 = torch.float64
-
-
-class LinearGaussian:
-    """W, b, a data point x drawn from the model, and the exact quantities."""
-
-    def __init__(self, seed: int):
-        self.generator = torch.Generator().manual_seed(seed)
-        self.w = torch.randn(DX, DZ, generator=self.generator, dtype=F64)
-        self.b = torch.randn(DX, generator=self.generator, dtype=F64)
-        self.x = self.draw(1)[0]
-        self.posterior_cov = torch.linalg.inv(
-            torch.eye(DZ, dtype=F64) + self.w.T @ self.w / SIGMA**2
-        )
-        # The exact posterior mean is affine in x: m = A x - A b.
-        self.posterior_map = self.posterior_cov @ self.w.T / SIGMA**2
-
-    def draw(self, n: int) -> torch.Tensor:
-        z = torch.randn(n, DZ, generator=self.generator, dtype=F64)
-        noise = torch.randn(n, DX, generator=self.generator, dtype=F64)
-        return z @ self.w.T + self.b + SIGMA * noise
-
-    def log_px(self) -> float:
-        cov = self.w @ self.w.T + SIGMA**2 * torch.eye(DX, dtype=F64)
-        return MultivariateNormal(self.b, cov).log_prob(self.x).item()
-
-    def analytic_elbo(self, mu: torch.Tensor, logvar: torch.Tensor) -> float:
-        """E_q[log p(x|z)] in closed form, minus the closed-form KL(q || p(z))."""
-        residual = self.x - self.w @ mu - self.b
-        spread = (self.w.pow(2) * logvar.exp()).sum()  # tr(W diag(s^2) W^T)
-        expected_log_lik = (
-            -0.5 * DX * math.log(2 * math.pi * SIGMA**2)
-            - 0.5 * (residual.pow(2).sum() + spread) / SIGMA**2
-        )
-        return (expected_log_lik - gaussian_kl(mu, logvar)).item()
-
-    def imperfect_q(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The exact posterior's mean shifted by half its sd, its marginal variances doubled."""
-        variance = self.posterior_cov.diag()
-        mu = self.posterior_map @ (self.x - self.b) + 0.5 * variance.sqrt()
-        return mu, (2 * variance).log()
-
-    def images(self, n: int) -> torch.Tensor:
-        return self.x.view(1, 1, 1, DX).expand(n, 1, 1, DX)
 
 
 class AmortisedEncoder(nn.Module):
@@ -83,11 +30,12 @@ class AmortisedEncoder(nn.Module):
     def __init__(self, model: LinearGaussian):
         super().__init__()
         self.linear = nn.Linear(DX, 2 * DZ).double()
-        variance = model.posterior_cov.diag()
+        slope, cov = model.posterior_map()
+        variance = cov.diag()
         with torch.no_grad():
             self.linear.weight.zero_()
-            self.linear.weight[:DZ] = model.posterior_map
-            self.linear.bias[:DZ] = -model.posterior_map @ model.b + 0.5 * variance.sqrt()
+            self.linear.weight[:DZ] = slope
+            self.linear.bias[:DZ] = -slope @ model.b + 0.5 * variance.sqrt()
             self.linear.bias[DZ:] = (2 * variance).log()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,36 +58,6 @@ class PerImagePosterior(nn.Module):
         return len(self.mu) * torch.cat([self.mu.grad, self.logvar.grad], dim=-1)
 
 
-class LinearGaussianVAE(nn.Module):
-    """The two methods objectives use, on the linear-Gaussian model with a learnable encoder."""
-
-    def __init__(self, model: LinearGaussian, encoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = nn.Linear(DZ, DX).double()
-        with torch.no_grad():
-            self.decoder.weight.copy_(model.w)
-            self.decoder.bias.copy_(model.b)
-        self.likelihood = FixedGaussian(SIGMA)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z).view(-1, 1, 1, DX)
-
-    def elbo_terms(self, x: torch.Tensor):
-        mu, logvar = self.encoder(x)
-        z = reparameterize(mu, logvar)
-        terms = elbo_terms(self.likelihood, x, self.decode(z), mu, logvar)
-        return terms._replace(mu=mu, logvar=logvar, z=z)
-
-    def log_importance_weights(
-        self, x: torch.Tensor, k: int, stop_posterior_grad: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(x)
-        return log_importance_weights(
-            self.likelihood, self.decode, x, mu, logvar, k, stop_posterior_grad=stop_posterior_grad
-        )
-
-
 def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in module.named_parameters()}
 
@@ -151,7 +69,7 @@ def mean_and_error(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_iwae_with_one_sample_is_the_elbo_objective():
     truth = LinearGaussian(0)
-    vae = LinearGaussianVAE(truth, AmortisedEncoder(truth))
+    vae = truth.vae(AmortisedEncoder(truth))
     x = truth.draw(64).view(64, 1, 1, DX)
     state = TrainingState(kl_weight=0.7, free_bits=0.05)
     results = []
@@ -170,7 +88,7 @@ def test_iwae_with_one_sample_is_the_elbo_objective():
 
 def test_log_weight_path_with_one_sample_averages_to_the_analytic_elbo():
     truth = LinearGaussian(1)
-    vae = LinearGaussianVAE(truth, AmortisedEncoder(truth))
+    vae = truth.vae(AmortisedEncoder(truth))
     x = truth.images(200_000)
     torch.manual_seed(0)
     log_w, z = vae.log_importance_weights(x, 1)
@@ -190,7 +108,7 @@ def test_log_weight_path_with_one_sample_averages_to_the_analytic_elbo():
 @torch.no_grad()
 def test_iwae_bound_exceeds_the_elbo_and_rises_with_k_to_log_px():
     truth = LinearGaussian(2)
-    vae = LinearGaussianVAE(truth, AmortisedEncoder(truth))
+    vae = truth.vae(AmortisedEncoder(truth))
     repeats = 2000
     x = truth.images(repeats)
     torch.manual_seed(0)
@@ -219,10 +137,10 @@ def test_iwae_bound_exceeds_the_elbo_and_rises_with_k_to_log_px():
 
 def per_image_encoder_gradients(
     truth: LinearGaussian, batch: int, k: int, estimator: str, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, LinearGaussianVAE]:
+) -> tuple[torch.Tensor, torch.Tensor, VAE]:
     """The loss, the (batch, 2 DZ) per-image encoder gradients, and the model (decoder grads)."""
     encoder = PerImagePosterior(*truth.imperfect_q(), batch)
-    vae = LinearGaussianVAE(truth, encoder)
+    vae = truth.vae(encoder)
     torch.manual_seed(seed)
     out = IWAE(k=k, estimator=estimator)(vae, truth.images(batch), TrainingState())
     out.loss.backward()
@@ -248,7 +166,7 @@ def biased_stop_gradient_estimator(truth: LinearGaussian, batch: int, k: int) ->
     """IWAE with q's parameters stopped in log q but no second w~ factor (IWAE-STL): biased for
     k > 1 (Tucker et al. 2019), the mistake the test below must be able to see."""
     encoder = PerImagePosterior(*truth.imperfect_q(), batch)
-    vae = LinearGaussianVAE(truth, encoder)
+    vae = truth.vae(encoder)
     log_w, _ = vae.log_importance_weights(truth.images(batch), k, stop_posterior_grad=True)
     (-(torch.logsumexp(log_w, dim=0)).mean()).backward()
     return encoder.per_image_gradients()

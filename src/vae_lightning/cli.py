@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -35,6 +35,9 @@ from vae_lightning.runs import (
 )
 
 log = logging.getLogger(__name__)
+
+# Written beside metrics.json: the IWAE NLL of each test image, for comparisons image by image.
+PER_IMAGE_NLL = "iwae_nll_per_image.pt"
 
 
 def exit_on_config_error(main: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,11 +76,13 @@ def test_metrics(
     model: L.LightningModule,
     datamodule: L.LightningDataModule,
     eval_cfg: DictConfig,
+    output_dir: Path,
     ckpt_path: str | None = None,
 ) -> dict[str, Any]:
     """The ELBO terms of trainer.test on the test split, then evaluate_model's metrics of the same
     weights (trainer.test loads `ckpt_path` into `model`) on as many test batches as the
-    Trainer's limit_test_batches allows, in one process (rank zero) only."""
+    Trainer's limit_test_batches allows, in one process (rank zero) only; the IWAE NLL of each
+    image goes to `<output_dir>/iwae_nll_per_image.pt`."""
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics: dict[str, Any] = {k: v.item() for k, v in sorted(trainer.callback_metrics.items())}
     if trainer.is_global_zero:
@@ -88,6 +93,8 @@ def test_metrics(
             eval_cfg.max_rows,
             trainer.strategy.root_device,
             max_batches=sum(trainer.num_test_batches),
+            disentanglement=OmegaConf.to_container(eval_cfg.disentanglement),
+            per_image_path=output_dir / PER_IMAGE_NLL,
         )
     return metrics
 
@@ -134,7 +141,8 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     validation = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
-    metrics = test_metrics(trainer, model, datamodule, cfg.eval, best_path or None)
+    output_dir = Path(cfg.paths.output_dir)
+    metrics = test_metrics(trainer, model, datamodule, cfg.eval, output_dir, best_path or None)
     metrics |= validation  # the last validation's values
     if checkpoint and checkpoint.best_model_score is not None:
         metrics[f"best_{checkpoint.monitor}"] = checkpoint.best_model_score.item()
@@ -144,7 +152,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         wall_time_s=round(time.perf_counter() - started, 1),
         best_checkpoint=best_path,
     )
-    report_metrics(metrics, Path(cfg.paths.output_dir))
+    report_metrics(metrics, output_dir)
     # Here, not in a callback: only now are all final numbers known, the same as in metrics.json.
     log_hparams_with_metrics(trainer.loggers, cfg, metrics, trainer.global_step)
     return metrics
@@ -177,7 +185,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         limit_test_batches=cfg.eval.limit_test_batches,
     )
     datamodule.prepare_data()
-    metrics = test_metrics(trainer, model, datamodule, cfg.eval)
+    metrics = test_metrics(trainer, model, datamodule, cfg.eval, Path(cfg.paths.output_dir))
     metrics.update(
         checkpoint=str(cfg.ckpt_path), wall_time_s=round(time.perf_counter() - started, 1)
     )

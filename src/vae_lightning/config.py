@@ -12,9 +12,12 @@ from hydra.core.override_parser.types import ChoiceSweep
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lightning.disentanglement import DCI_REGRESSORS, METRICS
 from vae_lightning.elbo import LIKELIHOODS, SIGMA_PER
 from vae_lightning.errors import ConfigError
 from vae_lightning.networks import NETWORKS, conv_downsampling
+from vae_lightning.objectives.beta_tc import SAMPLING
+from vae_lightning.objectives.dip import VARIANTS
 from vae_lightning.objectives.iwae import ESTIMATORS
 from vae_lightning.priors import PRIORS
 
@@ -63,8 +66,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         for weight in ("alpha", "beta", "gamma", "lambda_od", "lambda_d", "c_min", "c_max")
     ),
     ("model.objective.n_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 of steps"),
-    ("model.objective.variant", lambda v: v in ("i", "ii"), "one of i, ii"),
-    ("model.objective.sampling", lambda v: v in ("mws", "mss"), "one of mws, mss"),
+    ("model.objective.variant", lambda v: v in VARIANTS, f"one of {', '.join(VARIANTS)}"),
+    ("model.objective.sampling", lambda v: v in SAMPLING, f"one of {', '.join(SAMPLING)}"),
     ("trainer.gradient_clip_val", lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: off)"),
     ("trainer.accumulate_grad_batches", _positive_int, "a positive integer of batches, e.g. 4"),
     ("model.optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. 1e-3"),
@@ -76,6 +79,25 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.size", _positive_int, "a positive integer, or null for all images"),
     ("trainer.max_epochs", _is_int, "an integer (-1 for no limit), e.g. trainer.max_epochs=10"),
     ("eval.iwae_k", _positive_int, "a positive integer of importance samples, e.g. 1000"),
+    (
+        "eval.limit_test_batches",
+        lambda v: _is_number(v) and v > 0,
+        "a fraction of the test batches in (0, 1], or their number, e.g. 10",
+    ),
+    (
+        "eval.disentanglement.metrics",
+        lambda v: OmegaConf.is_list(v) and all(name in METRICS for name in v),
+        f"a list of {', '.join(METRICS)}, e.g. [mig,dci]",
+    ),
+    *(
+        (f"eval.disentanglement.{key}", _positive_int, "a positive integer, e.g. 1000")
+        for key in ("batch_size", "n_train", "n_eval")
+    ),
+    (
+        "eval.disentanglement.dci_regressor",
+        lambda v: v in DCI_REGRESSORS,
+        f"one of {', '.join(DCI_REGRESSORS)}",
+    ),
     ("eval.max_rows", _positive_int, "a positive integer of decoder rows per pass, e.g. 8192"),
     ("callbacks.nonfinite.on_nonfinite", lambda v: v in ("stop", "skip"), "stop or skip"),
     (
@@ -114,14 +136,19 @@ COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
 ]
 
 
-def check_config(cfg: DictConfig, rules: list[tuple[str, Callable, str]] = RULES) -> None:
-    """Raise ConfigError for the first value in `cfg` that breaks a rule (train.py's by default)."""
+def check_config(
+    cfg: DictConfig,
+    rules: list[tuple[str, Callable, str]] = RULES,
+    combinations: list[tuple[str, Callable, str]] = COMBINATION_RULES,
+) -> None:
+    """Raise ConfigError for the first value in `cfg` that breaks a rule, or pair of values that
+    breaks a combination rule (train.py's by default; a config without a model has none)."""
     for key, test, allowed in rules:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not test(value):
             raise ConfigError(key, value, allowed)
-    if rules is RULES and "model" in cfg:
-        for key, test, allowed in COMBINATION_RULES:
+    if "model" in cfg:
+        for key, test, allowed in combinations:
             if not test(cfg):
                 raise ConfigError(key, OmegaConf.select(cfg, key), allowed)
 

@@ -4,8 +4,8 @@ known factors of variation of the data (the shapes data's shape, scale, rotation
 Two kinds of metric, because their protocols need different inputs:
 
 - on a fixed sample of codes (N, D), the mean representation E_q[z|x], and the integer factor
-  indices (N, K) of the same images: MIG (Chen et al. 2018; in vae_lightning.metrics, re-exported
-  here), SAP (Kumar et al. 2018) and DCI (Eastwood & Williams 2018);
+  indices (N, K) of the same images: MIG (Chen et al. 2018), SAP (Kumar et al. 2018) and DCI
+  (Eastwood & Williams 2018);
 - on data generated with chosen factors: the BetaVAE score (Higgins et al. 2017) and the
   FactorVAE score (Kim & Mnih 2018). These take `represent(factors (n, K)) -> codes (n, D)`: in
   real use, render the images with these factor indices (data.shapes.render) and encode them to
@@ -14,8 +14,9 @@ Two kinds of metric, because their protocols need different inputs:
 The protocols follow google-research/disentanglement_lib (Locatello et al. 2019), which fixed the
 choices the papers left open; where this module differs it says so. Every function takes a seed
 (an int or a numpy Generator), so the same inputs and seed give the same number, and returns
-python floats. Factors that do not vary (a single value in the sample, or size 1 in
-`factor_sizes`) are skipped, as MIG skips them.
+python floats. scikit-learn is imported by the metrics that fit its models, not with this
+module: it would add about a second to the start of every run. Factors that do not vary (a
+single value in the sample, or size 1 in `factor_sizes`) are skipped, as MIG skips them.
 """
 
 from collections.abc import Callable, Sequence
@@ -23,16 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.ensemble import GradientBoostingClassifier
-from sklearn.linear_model import Lasso, LogisticRegression
-from sklearn.svm import LinearSVC
-
-from vae_lightning.metrics import mig
 
 __all__ = [
     "METRICS",
     "beta_vae_score",
     "dci",
+    "factor_metrics",
     "factor_vae_score",
     "mig",
     "sample_factors",
@@ -40,6 +37,7 @@ __all__ = [
 ]
 
 METRICS = ("beta_vae", "factor_vae", "mig", "sap", "dci")
+MIG_BINS = 20  # equal-width bins per latent, as in Chen et al. 2018 and disentanglement_lib
 DCI_REGRESSORS = ("gbt", "lasso")
 # disentanglement_lib's configs for the FactorVAE score: prune_dims.threshold = 0.05 (on the std).
 FACTOR_VAE_PRUNE_THRESHOLD = 0.05
@@ -92,6 +90,47 @@ def _varying(factors: np.ndarray, *parts: np.ndarray) -> list[int]:
 # --- metrics on a fixed sample of codes and factors ---------------------------------------------
 
 
+def discretize(latents: torch.Tensor, n_bins: int = MIG_BINS) -> torch.Tensor:
+    """Each column of (N, D) latents into n_bins equal-width bins over its own range."""
+    low, high = latents.min(dim=0).values, latents.max(dim=0).values
+    scaled = (latents - low) / (high - low).clamp(min=1e-12)
+    return (scaled * n_bins).long().clamp(max=n_bins - 1)
+
+
+def entropy(codes: torch.Tensor) -> torch.Tensor:
+    """H(a) in nats of a discrete variable from its N observed integer codes."""
+    p = torch.bincount(codes).double() / len(codes)
+    p = p[p > 0]
+    return -(p * p.log()).sum()
+
+
+def mutual_information(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """I(a; b) in nats of two discrete variables from N paired integer codes (plug-in estimate)."""
+    joint = torch.zeros(int(a.max()) + 1, int(b.max()) + 1, dtype=torch.float64)
+    joint.index_put_((a, b), torch.ones(len(a), dtype=torch.float64), accumulate=True)
+    joint /= len(a)
+    outer = joint.sum(dim=1, keepdim=True) * joint.sum(dim=0, keepdim=True)
+    seen = joint > 0
+    return (joint[seen] * (joint[seen] / outer[seen]).log()).sum()
+
+
+def mig(latents: torch.Tensor, factors: torch.Tensor, n_bins: int = MIG_BINS) -> float:
+    """Mutual Information Gap (Chen et al. 2018): for each factor v_k, the gap between the two
+    latents most informative about it, I(z_a; v_k) - I(z_b; v_k), over H(v_k); averaged over
+    the factors that vary. 1: each factor is captured by one latent alone; 0: by none, or by two
+    equally. latents (N, D) continuous codes, factors (N, K) integer factor values."""
+    codes = discretize(latents.double(), n_bins)
+    gaps = []
+    for factor in factors.long().T:
+        h = entropy(factor)
+        if h <= 0:
+            continue
+        mi = torch.stack([mutual_information(code, factor) for code in codes.T])
+        top = torch.cat([mi, mi.new_zeros(1)]).topk(2).values  # a lone latent has gap I / H
+        gaps.append((top[0] - top[1]) / h)
+    return float(torch.stack(gaps).mean()) if gaps else float("nan")
+
+
 def sap(
     codes: Any,
     factors: Any,
@@ -116,6 +155,8 @@ def sap(
     codes (N, D) mean representations, factors (N, K) integer indices; the sample is split into
     train and test (test_fraction; disentanglement_lib draws 10,000 and 5,000 points).
     """
+    from sklearn.svm import LinearSVC
+
     codes, factors = _check_sample(codes, factors)
     rng = _rng(seed)
     if continuous:
@@ -193,6 +234,9 @@ def dci(
     The sample is split into train and test (test_fraction; disentanglement_lib draws 10,000 and
     5,000 points). Returns {"dci_disentanglement", "dci_completeness", "dci_informativeness"}.
     """
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import Lasso
+
     if regressor not in DCI_REGRESSORS:
         raise ValueError(f"regressor must be one of {DCI_REGRESSORS}, got {regressor!r}")
     if lasso_alpha <= 0:
@@ -315,6 +359,8 @@ def beta_vae_score(
 
     represent: factor indices (n, K) int64 -> codes (n, D), called with at most max_rows rows.
     """
+    from sklearn.linear_model import LogisticRegression
+
     varying = _check_protocol(
         factor_sizes, batch_size=batch_size, n_train=n_train, n_eval=n_eval, max_rows=max_rows
     )
@@ -406,3 +452,35 @@ def factor_vae_score(
     classifier = train_votes.argmax(axis=0)  # each active dim -> its majority factor
     correct = eval_votes[classifier, np.arange(eval_votes.shape[1])].sum()
     return float(correct / eval_votes.sum())
+
+
+def factor_metrics(
+    names: Sequence[str],
+    codes: torch.Tensor,
+    factors: torch.Tensor,
+    represent: Represent | None = None,
+    factor_sizes: Sequence[int] | None = None,
+    seed: int = 0,
+    dci_regressor: str = "gbt",
+    batch_size: int = 64,
+    n_train: int = 10_000,
+    n_eval: int = 5_000,
+) -> dict[str, float]:
+    """The metrics `names` (of METRICS) of a representation, by their metrics.json names:
+    mig, sap and dci from codes (N, D) and the factor indices (N, K) of the same images;
+    beta_vae and factor_vae from `represent` over the grid `factor_sizes` (left out when the
+    data cannot render images with chosen factors, i.e. represent is None)."""
+    scores: dict[str, float] = {}
+    if "mig" in names:
+        scores["mig"] = mig(codes, factors)
+    if "sap" in names:
+        scores["sap"] = sap(codes, factors, seed=seed)
+    if "dci" in names:
+        scores |= dci(codes, factors, regressor=dci_regressor, seed=seed)
+    if represent is not None:
+        protocol = {"batch_size": batch_size, "n_train": n_train, "n_eval": n_eval, "seed": seed}
+        if "beta_vae" in names:
+            scores["beta_vae"] = beta_vae_score(represent, factor_sizes, **protocol)
+        if "factor_vae" in names:
+            scores["factor_vae"] = factor_vae_score(represent, factor_sizes, **protocol)
+    return scores

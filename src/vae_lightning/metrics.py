@@ -1,20 +1,21 @@
 """Evaluation metrics beyond the ELBO: the IWAE estimate of the NLL, KL per latent dimension,
-active units and, on data with known factors, the Mutual Information Gap.
+active units and, on data with known factors, the disentanglement metrics (disentanglement.py).
 
 The ELBO and its terms on the test split come from the LightningModule's own test_step (one home
 for the loss); `evaluate_model` adds the rest in one pass over the test split.
 """
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
+from vae_lightning.disentanglement import factor_metrics
 from vae_lightning.elbo import iwae_bound
 
 ACTIVITY_THRESHOLD = 0.01  # Burda et al. 2016: active when Var_x(E_q[z_d]) > 0.01
-MIG_BINS = 20  # equal-width bins per latent, as in Chen et al. 2018 and disentanglement_lib
 
 
 def bits_per_dim(nll_nats: float, n_dims: int) -> float:
@@ -29,47 +30,6 @@ def active_units(mu: torch.Tensor, threshold: float = ACTIVITY_THRESHOLD) -> int
     return int((mu.var(dim=0) > threshold).sum())
 
 
-def discretize(latents: torch.Tensor, n_bins: int = MIG_BINS) -> torch.Tensor:
-    """Each column of (N, D) latents into n_bins equal-width bins over its own range."""
-    low, high = latents.min(dim=0).values, latents.max(dim=0).values
-    scaled = (latents - low) / (high - low).clamp(min=1e-12)
-    return (scaled * n_bins).long().clamp(max=n_bins - 1)
-
-
-def entropy(codes: torch.Tensor) -> torch.Tensor:
-    """H(a) in nats of a discrete variable from its N observed integer codes."""
-    p = torch.bincount(codes).double() / len(codes)
-    p = p[p > 0]
-    return -(p * p.log()).sum()
-
-
-def mutual_information(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """I(a; b) in nats of two discrete variables from N paired integer codes (plug-in estimate)."""
-    joint = torch.zeros(int(a.max()) + 1, int(b.max()) + 1, dtype=torch.float64)
-    joint.index_put_((a, b), torch.ones(len(a), dtype=torch.float64), accumulate=True)
-    joint /= len(a)
-    outer = joint.sum(dim=1, keepdim=True) * joint.sum(dim=0, keepdim=True)
-    seen = joint > 0
-    return (joint[seen] * (joint[seen] / outer[seen]).log()).sum()
-
-
-def mig(latents: torch.Tensor, factors: torch.Tensor, n_bins: int = MIG_BINS) -> float:
-    """Mutual Information Gap (Chen et al. 2018): for each factor v_k, the gap between the two
-    latents most informative about it, I(z_a; v_k) - I(z_b; v_k), over H(v_k); averaged over
-    the factors that vary. 1: each factor is captured by one latent alone; 0: by none, or by two
-    equally. latents (N, D) continuous codes, factors (N, K) integer factor values."""
-    codes = discretize(latents.double(), n_bins)
-    gaps = []
-    for factor in factors.long().T:
-        h = entropy(factor)
-        if h <= 0:
-            continue
-        mi = torch.stack([mutual_information(code, factor) for code in codes.T])
-        top = torch.cat([mi, mi.new_zeros(1)]).topk(2).values  # a lone latent has gap I / H
-        gaps.append((top[0] - top[1]) / h)
-    return float(torch.stack(gaps).mean()) if gaps else float("nan")
-
-
 @torch.no_grad()
 def evaluate_model(
     model: L.LightningModule,
@@ -78,11 +38,16 @@ def evaluate_model(
     max_rows: int = 8192,
     device: torch.device | str = "cpu",
     max_batches: int | float = float("inf"),
+    disentanglement: dict[str, Any] | None = None,
+    per_image_path: Path | None = None,
 ) -> dict[str, Any]:
-    """test/iwae_nll (nats/image), test/iwae_bpd, test/kl_per_dim, test/active_units, the number
-    of test/images they are computed on and, when
-    the data's labels are factors of variation, test/mig, all on the test split (its first
-    `max_batches` batches: the Trainer's limit_test_batches, so a smoke run stays short).
+    """test/iwae_nll (nats/image) and its standard error over the images, test/iwae_bpd,
+    test/kl_per_dim, test/active_units, the number of test/images they are computed on and,
+    when the data's labels are factors of variation, the disentanglement metrics that
+    `disentanglement` (conf/disentanglement/) names, as test/<metric>; all on the test split (its
+    first `max_batches` batches: the Trainer's limit_test_batches, so a smoke run stays short).
+    `per_image_path`, when given, receives the IWAE NLL of each test image in order (a float
+    tensor), so that models evaluated on the same images can be compared image by image.
 
     A plain loop rather than trainer.test: active units and MIG need the posterior means of the
     whole split at once, which per-batch logging would average away.
@@ -100,10 +65,16 @@ def evaluate_model(
         mus.append(model.encode(images)[0])
         kls.append(model.kl_per_dim(images))
         labels.append(batch_labels)
-    nll = -torch.cat(iwae).mean().item()
+    bounds = torch.cat(iwae)
+    nll = -bounds.mean().item()
+    if per_image_path is not None:
+        per_image_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(-bounds.cpu(), per_image_path)
     mu = torch.cat(mus).cpu()
     metrics: dict[str, Any] = {
         "test/iwae_nll": nll,
+        # the standard error of that mean over the images (not of the bound's own bias)
+        "test/iwae_nll_sem": (bounds.std() / math.sqrt(len(bounds))).item(),
         "test/iwae_bpd": bits_per_dim(nll, math.prod(images.shape[1:])),
         "test/iwae_k": iwae_k,
         "test/images": len(mu),
@@ -111,5 +82,22 @@ def evaluate_model(
         "test/kl_per_dim": [round(v, 4) for v in torch.cat(kls).mean(dim=0).tolist()],
     }
     if getattr(datamodule, "labels_are_factors", False):
-        metrics["test/mig"] = mig(mu, torch.cat(labels).cpu())
+        settings = dict(disentanglement or {"metrics": ["mig"]})
+        names = settings.pop("metrics")
+        render = getattr(datamodule, "images_with_factors", None)
+        represent = None
+        if render is not None:
+
+            def represent(factors: torch.Tensor) -> torch.Tensor:
+                return model.encode(render(factors).to(model.device))[0]
+
+        scores = factor_metrics(
+            names,
+            mu,
+            torch.cat(labels).cpu(),
+            represent,
+            getattr(datamodule, "factor_sizes", None),
+            **settings,
+        )
+        metrics |= {f"test/{name}": value for name, value in scores.items()}
     return metrics

@@ -9,7 +9,12 @@ import math
 
 import torch
 
-from vae_lightning.data.in_memory import InMemoryDataModule, InMemoryImages, split_off
+from vae_lightning.data.in_memory import (
+    InMemoryDataModule,
+    InMemoryImages,
+    split_off,
+    to_unit_float,
+)
 
 SHAPES = ("square", "ellipse", "heart")
 FACTOR_NAMES = ("shape", "scale", "rotation", "pos_x", "pos_y")
@@ -75,6 +80,7 @@ class ShapesDataModule(InMemoryDataModule):
 
     label_names = FACTOR_NAMES
     labels_are_factors = True
+    factor_sizes = FACTOR_SIZES
 
     def __init__(
         self,
@@ -102,3 +108,8 @@ class ShapesDataModule(InMemoryDataModule):
         rest, test = split_off(InMemoryImages(images, factors), n_test, self.seed)
         train, val = split_off(rest, n_val, self.seed + 1)
         return {"train": train, "val": val, "test": test}
+
+    def images_with_factors(self, factors: torch.Tensor) -> torch.Tensor:
+        """Images (n, 1, S, S) in [0, 1], as the model sees them, of the factor indices (n, 5):
+        what the BetaVAE and FactorVAE scores draw their pairs and batches from."""
+        return to_unit_float(render(factors, self.image_size))
