@@ -98,11 +98,6 @@ class VAE(L.LightningModule):
         """Decodings of n draws from the prior; the same generator state gives the same draws."""
         return self.decode(self.prior.sample(n, generator))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The decoder output for one posterior sample, and mu, log sigma^2 of q(z|x)."""
-        mu, logvar = self.encode(x)
-        return self.decoder(reparameterize(mu, logvar)), mu, logvar
-
     def elbo_terms(self, x: torch.Tensor) -> ELBOTerms:
         """recon = -log p(x|z) at one z ~ q(z|x) and KL(q(z|x) || p(z)), per image."""
         mu, logvar = self.encode(x)
