@@ -234,3 +234,53 @@ def test_report_reads_metrics_of_other_issues_and_flags_nan_and_killed_jobs(tmp_
         in (tmp_path / "report.md").read_text()
     )
     assert_png(tmp_path / "rate_distortion.png")
+
+
+def test_report_groups_jobs_that_differ_only_in_seed(tmp_path):
+    """Constructed job directories: two settings, two seeds each, one failed job left out."""
+    elbos = {("a", 0): -90.0, ("a", 1): -94.0, ("b", 0): -80.0, ("b", 1): None}
+    for number, ((setting, seed), elbo) in enumerate(elbos.items()):
+        job = tmp_path / str(number)
+        (job / ".hydra").mkdir(parents=True)
+        overrides = [f"model.objective={setting}", f"seed={seed}"]
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"model": {"latent_dim": 4}}))
+        if elbo is None:
+            (job / "error.txt").write_text("ValueError: boom\n")
+        else:
+            metrics = {"test/elbo": elbo, "test/recon": -elbo - 5, "test/kl": 5.0}
+            (job / "metrics.json").write_text(json.dumps(metrics))
+    sweep.write_report(tmp_path)
+    rows = {row["job"]: row for row in read_report(tmp_path)}
+    for job in ("0", "1"):
+        assert rows[job]["setting"] == "model.objective=a" and rows[job]["n_seeds"] == "2"
+        assert float(rows[job]["test/elbo mean"]) == pytest.approx(-92.0)
+        assert float(rows[job]["test/elbo std"]) == pytest.approx(math.sqrt(8.0))  # n - 1
+    assert rows["2"]["n_seeds"] == "1" and rows["2"]["test/elbo std"] == ""
+    assert rows["3"]["status"] == "failed" and rows["3"]["n_seeds"] == ""
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| `model.objective=a` | 2 | -92 ± 2.8 |" in markdown
+    assert "| `model.objective=b` | 1 | -80 |" in markdown
+    for metric in ("test_elbo", "test_recon", "test_kl"):
+        assert_png(tmp_path / f"seeds_{metric}.png")
+    assert_png(tmp_path / "rate_distortion.png")  # coloured by the objective, the swept value
+
+
+@pytest.mark.slow
+def test_a_two_objective_two_seed_multirun_writes_the_grouped_report(tmp_path):
+    result = run_script(
+        "train.py", "-m", *TINY, "trainer.max_epochs=1", "callbacks.pictures=null",
+        "model.objective=elbo,dip", "seed=0,1", f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_report(tmp_path)
+    assert len(rows) == 4 and all(r["status"] == "ok" and r["n_seeds"] == "2" for r in rows)
+    for setting in ("model/objective=elbo", "model/objective=dip"):
+        members = [r for r in rows if r["setting"] == setting]
+        values = [float(r["test/elbo"]) for r in members]
+        assert float(members[0]["test/elbo mean"]) == pytest.approx(sum(values) / 2)
+        assert float(members[0]["test/elbo std"]) == pytest.approx(
+            abs(values[0] - values[1]) / 2**0.5
+        )
+    assert "## By setting, over seeds" in (tmp_path / "report.md").read_text()
+    assert_png(tmp_path / "seeds_test_elbo.png")

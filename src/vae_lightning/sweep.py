@@ -4,8 +4,13 @@
 `SweepReport` Hydra callback writes it when a multirun ends. The report, in DIR:
 
 - `report.csv` and `report.md`: one row per job: overrides, test metrics, wall time, status;
-- `rate_distortion.png`: KL (the rate) against reconstruction (the distortion), one point per job;
-- `samples.png`: the last grid of prior samples of every job, labelled by its overrides.
+  and per setting (the jobs that differ only in `seed`): the number of seeds and the mean and
+  standard deviation of every metric (report.md a table of its own, report.csv columns);
+- `rate_distortion.png`: KL (the rate) against reconstruction (the distortion), one point per
+  job, coloured by the first swept value (beta, an objective's weight, ...);
+- `samples.png`: the last grid of prior samples of every job, labelled by its overrides;
+- `seeds_<metric>.png`, when a setting ran with several seeds: each metric's values, a point per
+  seed and a bar at the mean, one column per setting (the figure of Locatello et al. 2019).
 """
 
 import csv
@@ -14,6 +19,7 @@ import json
 import logging
 import math
 import re
+import statistics
 import sys
 import textwrap
 import traceback
@@ -43,6 +49,12 @@ METRICS = (
     "test/iwae_nll",
     "test/active_units",
     "test/mig",
+    "test/sap",
+    "test/dci_disentanglement",
+    "test/dci_completeness",
+    "test/dci_informativeness",
+    "test/beta_vae",
+    "test/factor_vae",
     "best_val/loss",
     "wall_time_s",
 )
@@ -83,6 +95,7 @@ class Job:
     error: str = ""
     samples: Path | None = None
     label: str = ""
+    setting: str = ""  # the overrides that tell it apart, less its seed
 
     @property
     def status(self) -> str:
@@ -100,6 +113,11 @@ class Job:
     def hparam(self, key: str) -> Any:
         section, name = key.split(".")
         return (self.config.get(section) or {}).get(name)
+
+    def override(self, key: str) -> str | None:
+        """The value this job's command line gave `key`, as typed."""
+        values = [o.split("=", 1)[1] for o in self.overrides if o.split("=", 1)[0] == key]
+        return values[-1] if values else None
 
 
 def _natural_key(path: Path) -> list[Any]:
@@ -133,12 +151,36 @@ def read_sweep(sweep_dir: Path) -> tuple[list[Job], list[str]]:
     jobs = [read_job(d) for d in job_dirs]
     common = [o for o in jobs[0].overrides if all(o in j.overrides for j in jobs)] if jobs else []
     for job in jobs:
-        job.label = " ".join(o for o in job.overrides if o not in common) or f"job {job.name}"
+        distinct = [o for o in job.overrides if o not in common]
+        job.label = " ".join(distinct) or f"job {job.name}"
+        job.setting = " ".join(o for o in distinct if not o.startswith("seed=")) or "every job"
     return jobs, common
 
 
+def seed_groups(jobs: list[Job]) -> dict[str, list[Job]]:
+    """The finished jobs by setting: those that differ only in their seed, in job order."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.status == "ok":
+            groups.setdefault(job.setting, []).append(job)
+    return groups
+
+
+def spread(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _values(jobs: list[Job], key: str) -> list[float]:
+    return [j.metrics[key] for j in jobs if isinstance(j.metrics.get(key), int | float)]
+
+
 def _sorted(values: set[Any]) -> list[Any]:
-    return sorted(values, key=lambda v: math.inf if v is None else v)
+    """Numbers in order, then names, then a missing value."""
+    return sorted(
+        values,
+        key=lambda v: (0, v, "") if isinstance(v, int | float) else (1 + (v is None), 0, str(v)),
+    )
 
 
 def _cell(value: Any) -> str:
@@ -150,38 +192,94 @@ def _cell(value: Any) -> str:
 
 
 def write_tables(jobs: list[Job], common: list[str], sweep_dir: Path) -> None:
-    """report.csv (every override of each job) and report.md (the ones that differ)."""
-    header = ["job", "overrides", *METRICS, "status", "error"]
+    """report.csv (every override of each job, and its setting's statistics over seeds) and
+    report.md (the overrides that differ; the metrics some job has; a table by setting)."""
+    groups = seed_groups(jobs)
+    stats = {
+        setting: {key: spread(_values(members, key)) for key in METRICS if _values(members, key)}
+        for setting, members in groups.items()
+    }
+    header = ["job", "overrides", *METRICS, "status", "error", "setting", "n_seeds"]
+    header += [f"{key} {stat}" for key in METRICS for stat in ("mean", "std")]
     with (sweep_dir / "report.csv").open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(header)
         for job in jobs:
             values = [job.metrics.get(key) for key in METRICS]
-            writer.writerow([job.name, " ".join(job.overrides), *values, job.status, job.error])
+            own = stats.get(job.setting, {}) if job.status == "ok" else {}
+            n_seeds = len(groups[job.setting]) if own else None
+            summary = [v for key in METRICS for v in own.get(key, (None, None))]
+            writer.writerow(
+                [job.name, " ".join(job.overrides), *values, job.status, job.error]
+                + [job.setting, n_seeds, *summary]
+            )
 
+    shown = [key for key in METRICS if any(key in job.metrics for job in jobs)]
+    columns = ["job", "overrides", *shown, "status", "error"]
     lines = [
         f"# Sweep report: {len(jobs)} jobs",
         "",
         f"Overrides of every job: `{' '.join(common)}`" if common else "",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
     ]
     for job in jobs:
-        cells = [job.name, f"`{job.label}`", *(_cell(job.metrics.get(k)) for k in METRICS)]
+        cells = [job.name, f"`{job.label}`", *(_cell(job.metrics.get(k)) for k in shown)]
         cells += [job.status, job.error.replace("|", "\\|")]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(len(members) > 1 for members in groups.values()):
+        lines += [
+            "",
+            "## By setting, over seeds (mean ± standard deviation)",
+            "",
+            "| setting | seeds | " + " | ".join(shown) + " |",
+            "|" + "---|" * (len(shown) + 2),
+        ]
+        for setting, members in groups.items():
+            cells = [f"`{setting}`", str(len(members))]
+            for key in shown:
+                mean, std = stats[setting].get(key, (None, None))
+                cells.append(
+                    "" if mean is None else _cell(mean) + ("" if std is None else f" ± {std:.2g}")
+                )
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![rate-distortion](rate_distortion.png)", "", "![samples](samples.png)", ""]
     (sweep_dir / "report.md").write_text("\n".join(lines))
 
 
+def strength_key(jobs: list[Job]) -> str:
+    """The override that sets each job's strength: the first one whose value varies across the
+    jobs (beta, an objective's weight, ...), other than the latent size and the seed."""
+    for job in jobs:
+        for override in job.overrides:
+            key = override.split("=", 1)[0]
+            if key in ("model.latent_dim", "seed"):
+                continue
+            if len({j.override(key) for j in jobs}) > 1:
+                return key
+    return "model.beta"
+
+
 def plot_rate_distortion(jobs: list[Job], path: Path) -> None:
-    """KL against reconstruction, one point per finished job: colour by beta, marker by z size."""
+    """KL against reconstruction, one point per finished job: colour by the swept strength,
+    marker by z size."""
     done = [j for j in jobs if j.status == "ok"]
-    betas = _sorted({j.hparam("model.beta") for j in done})
+    key = strength_key(jobs)
+
+    def strength(job: Job) -> Any:
+        value = job.override(key)
+        if value is None:  # not on this job's command line: the config's beta, or unknown
+            return job.hparam("model.beta") if key == "model.beta" else None
+        try:
+            return float(value)
+        except ValueError:
+            return value  # e.g. an objective's name
+
+    strengths = _sorted({strength(j) for j in done})
     sizes = _sorted({j.hparam("model.latent_dim") for j in done})
     colours = matplotlib.colormaps["viridis"](
-        [i / max(len(betas) - 1, 1) for i in range(len(betas))]
+        [i / max(len(strengths) - 1, 1) for i in range(len(strengths))]
     )
     # A bare Figure renders with Agg and touches no pyplot state: safe on headless nodes.
     fig = Figure(figsize=(6, 4.5))
@@ -190,26 +288,57 @@ def plot_rate_distortion(jobs: list[Job], path: Path) -> None:
         ax.scatter(
             job.metrics["test/kl"],
             job.metrics["test/recon"],
-            color=colours[betas.index(job.hparam("model.beta"))],
+            color=colours[strengths.index(strength(job))],
             marker=MARKERS[sizes.index(job.hparam("model.latent_dim")) % len(MARKERS)],
             s=60,
             edgecolors="black",
         )
-    beta_handles = [
-        Line2D([], [], color=c, marker="o", ls="", label=f"β = {b}")
-        for b, c in zip(betas, colours, strict=True)
+    name = "β" if key == "model.beta" else key.removeprefix("model.")
+    strength_handles = [
+        Line2D([], [], color=c, marker="o", ls="", label=f"{name} = {v}")
+        for v, c in zip(strengths, colours, strict=True)
     ]
     size_handles = [
         Line2D([], [], color="grey", marker=MARKERS[i % len(MARKERS)], ls="", label=f"z = {s}")
         for i, s in enumerate(sizes)
     ]
-    ax.add_artist(ax.legend(handles=beta_handles, loc="upper right", fontsize="small"))
+    ax.add_artist(ax.legend(handles=strength_handles, loc="upper right", fontsize="small"))
     ax.legend(handles=size_handles, loc="lower left", fontsize="small")
     ax.set_xlabel("rate: test KL (nats / image)")
     ax.set_ylabel("distortion: test reconstruction (nats / image)")
     ax.set_title(f"rate-distortion, {len(done)} of {len(jobs)} jobs")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def plot_seeds(jobs: list[Job], sweep_dir: Path) -> list[Path]:
+    """For each metric, `seeds_<metric>.png`: a column per setting, a point per seed and a bar at
+    the mean; only when some setting ran with more than one seed."""
+    groups = seed_groups(jobs)
+    if not any(len(members) > 1 for members in groups.values()):
+        return []
+    paths = []
+    for key in METRICS:
+        columns = [(s, _values(members, key)) for s, members in groups.items()]
+        columns = [(s, values) for s, values in columns if values]
+        if not columns:
+            continue
+        fig = Figure(figsize=(max(4.0, 1.2 * len(columns) + 1.5), 4.0))
+        ax = fig.subplots()
+        for x, (_, values) in enumerate(columns):
+            offsets = [
+                0.15 * (i - (len(values) - 1) / 2) / max(len(values), 1) for i in range(len(values))
+            ]
+            ax.scatter([x + o for o in offsets], values, color="tab:blue", s=30, zorder=3)
+            ax.hlines(statistics.fmean(values), x - 0.25, x + 0.25, color="black", zorder=2)
+        labels = ["\n".join(textwrap.wrap(s, 18)) for s, _ in columns]
+        ax.set_xticks(range(len(columns)), labels, fontsize=7)
+        ax.set_ylabel(key)
+        ax.set_title(f"{key}: a point per seed, a bar at the mean", fontsize=8)
+        fig.tight_layout()
+        paths.append(sweep_dir / f"seeds_{key.replace('/', '_')}.png")
+        fig.savefig(paths[-1], dpi=100)
+    return paths
 
 
 def contact_sheet(jobs: list[Job], path: Path) -> None:
@@ -240,6 +369,7 @@ def write_report(sweep_dir: Path) -> list[Job]:
     write_tables(jobs, common, sweep_dir)
     plot_rate_distortion(jobs, sweep_dir / "rate_distortion.png")
     contact_sheet(jobs, sweep_dir / "samples.png")
+    plot_seeds(jobs, sweep_dir)
     failed = sum(job.status != "ok" for job in jobs)
     log.info("sweep report of %d jobs (%d not ok) in %s", len(jobs), failed, sweep_dir)
     return jobs
