@@ -196,7 +196,7 @@ def write_tables(jobs: list[Job], common: list[str], sweep_dir: Path) -> None:
     report.md (the overrides that differ; the metrics some job has; a table by setting)."""
     groups = seed_groups(jobs)
     stats = {
-        setting: {key: spread(_values(members, key)) for key in METRICS if _values(members, key)}
+        setting: {key: spread(values) for key in METRICS if (values := _values(members, key))}
         for setting, members in groups.items()
     }
     header = ["job", "overrides", *METRICS, "status", "error", "setting", "n_seeds"]
