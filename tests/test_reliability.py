@@ -50,6 +50,7 @@ def checkpoint_step(path: Path) -> int:
         ("model.optimizer.lr=0", "model.optimizer.lr"),
         ("model.optimizer.lr=-1e-3", "model.optimizer.lr"),
         ("data.batch_size=0", "data.batch_size"),
+        ("torch_threads=0", "torch_threads"),
         ("model.network=resnet", "model.network"),
         ("callbacks.nonfinite.on_nonfinite=ignore", "callbacks.nonfinite.on_nonfinite"),
         ("callbacks.step_checkpoint.every_n_train_steps=0", "callbacks.step_checkpoint"),
@@ -67,6 +68,7 @@ def test_bad_value_names_key_and_what_is_allowed(tmp_path, override, key):
         (["data=foo", "model.beta=2"], "data='foo' is not allowed: one of celeba, cifar10, "),
         (["-m", "model=conv,foo"], "model='foo' is not allowed: one of conv, mlp"),
         (["+experiment=nope"], "experiment='nope' is not allowed: one of beta_vae_shapes"),
+        (["arm=beta_tc"], "arm='beta_tc' is not allowed: one of beta_tc_beta4, beta_tc_beta8"),
     ],
 )
 def test_unknown_group_option_is_one_line(argv, message, capsys):

@@ -92,6 +92,30 @@ def test_launcher_and_search_configs_compose():
     assert optuna.hydra.mode == RunMode.MULTIRUN
 
 
+def test_the_disentanglement_study_sweeps_four_objectives_at_two_strengths_over_three_seeds():
+    study = hydra_config("experiment=disentanglement_study")
+    arms = study.hydra.sweeper.params.arm.split(",")
+    assert study.hydra.sweeper.params.seed == "0,1,2" and len(arms) == 8
+    weights = {}
+    for arm in arms:
+        model = hydra_config("experiment=disentanglement_study", f"arm={arm}").model
+        objective = model.objective._target_.rsplit(".", 1)[1]
+        weight = {
+            "ELBO": model.beta,
+            "BetaTC": model.objective.get("beta"),
+            "FactorVAE": model.objective.get("gamma"),
+            "DIPVAE": model.objective.get("lambda_od"),
+        }[objective]
+        weights.setdefault(objective, set()).add(weight)
+        assert model.objective.get("variant", "ii") == "ii"
+    assert weights == {
+        "ELBO": {4.0, 8.0},
+        "BetaTC": {4.0, 8.0},
+        "FactorVAE": {10.0, 35.0},
+        "DIPVAE": {1.0, 10.0},
+    }
+
+
 def test_ddp_ranks_get_disjoint_batches_that_cover_the_data():
     """What Lightning does to the train loader under DDP, done for two ranks by hand."""
     data = ShapesDataModule(size=200, val_fraction=0.1, test_fraction=0.1, batch_size=16)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -121,6 +122,8 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     check_optimized_metric(cfg)
     started = time.perf_counter()
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(cfg.torch_threads)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
