@@ -16,3 +16,16 @@ class ConfigError(UserError, ValueError):
 
     def __init__(self, key: str, value: Any, allowed: str):
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+class UnknownKeyError(UserError):
+    """A key on the command line that the config does not have (a typo, most often)."""
+
+    exit_code = 2
+
+
+class UnreadableImageError(UserError):
+    """An image folder with a file that cannot be decoded (data.unreadable=stop), or with none
+    that can: one line naming the file, exit status 2 as for a config that cannot work."""
+
+    exit_code = 2

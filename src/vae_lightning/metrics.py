@@ -11,9 +11,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader
 
 from vae_lightning.disentanglement import factor_metrics
 from vae_lightning.elbo import iwae_bound
+from vae_lightning.progress import Progress
 
 ACTIVITY_THRESHOLD = 0.01  # Burda et al. 2016: active when Var_x(E_q[z_d]) > 0.01
 
@@ -28,6 +30,17 @@ def active_units(mu: torch.Tensor, threshold: float = ACTIVITY_THRESHOLD) -> int
     """How many latent dims have a posterior mean E_q[z_d] whose variance over the data (rows of
     mu, shape (N, D)) exceeds `threshold`; the rest are collapsed onto the prior."""
     return int((mu.var(dim=0) > threshold).sum())
+
+
+def _images_in(loader: DataLoader, max_batches: int | float) -> int:
+    """How many images the first `max_batches` batches of a loader hold (without loading them):
+    all of its dataset, or that many batches of its batch size (the sampler's, for
+    InMemoryDataModule's loaders of whole batches)."""
+    n_images = len(loader.dataset)
+    if max_batches >= len(loader):
+        return n_images
+    batch_size = loader.batch_size or getattr(loader.sampler, "batch_size", None)
+    return min(n_images, int(max_batches) * batch_size) if batch_size else n_images
 
 
 @torch.no_grad()
@@ -54,17 +67,26 @@ def evaluate_model(
     """
     model.to(device).eval()
     datamodule.setup("test")
+    loader = datamodule.test_dataloader()
     iwae, mus, kls, labels = [], [], [], []
-    for index, batch in enumerate(datamodule.test_dataloader()):
-        if index >= max_batches:
-            break
-        batch = datamodule.transfer_batch_to_device(batch, model.device, 0)
-        images, batch_labels = datamodule.on_after_batch_transfer(batch, 0)
-        draws = lambda n, images=images: model.log_importance_weights(images, n)[0]  # noqa: E731
-        iwae.append(iwae_bound(draws, iwae_k, len(images), max_rows))
-        mus.append(model.encode(images)[0])
-        kls.append(model.kl_per_dim(images))
-        labels.append(batch_labels)
+    # Progress in images, advanced by each chunk of draws (a batch's k draws may take minutes):
+    # plain numbers, no tensor is read back from the device for it.
+    with Progress(f"IWAE bound (k={iwae_k})", _images_in(loader, max_batches), "images") as bar:
+        for index, batch in enumerate(loader):
+            if index >= max_batches:
+                break
+            batch = datamodule.transfer_batch_to_device(batch, model.device, 0)
+            images, batch_labels = datamodule.on_after_batch_transfer(batch, 0)
+
+            def draws(n: int, images: torch.Tensor = images) -> torch.Tensor:
+                log_weights = model.log_importance_weights(images, n)[0]
+                bar.advance(len(images) * n / iwae_k)
+                return log_weights
+
+            iwae.append(iwae_bound(draws, iwae_k, len(images), max_rows))
+            mus.append(model.encode(images)[0])
+            kls.append(model.kl_per_dim(images))
+            labels.append(batch_labels)
     bounds = torch.cat(iwae)
     nll = -bounds.mean().item()
     if per_image_path is not None:

@@ -39,6 +39,8 @@ from matplotlib.image import imread
 from matplotlib.lines import Line2D
 from omegaconf import DictConfig
 
+from vae_lightning.progress import Progress
+
 log = logging.getLogger(__name__)
 
 ERROR_FILE = "error.txt"
@@ -142,13 +144,18 @@ def read_job(job_dir: Path) -> Job:
     )
 
 
-def read_sweep(sweep_dir: Path) -> tuple[list[Job], list[str]]:
-    """The jobs under sweep_dir in job order, each labelled by the overrides that tell it apart
-    from the others, and the overrides all jobs share."""
-    job_dirs = sorted(
+def job_directories(sweep_dir: Path) -> list[Path]:
+    """The directories of the jobs under sweep_dir (those with .hydra/overrides.yaml), in order."""
+    return sorted(
         (p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")), key=_natural_key
     )
-    jobs = [read_job(d) for d in job_dirs]
+
+
+def read_sweep(sweep_dir: Path, progress: Progress | None = None) -> tuple[list[Job], list[str]]:
+    """The jobs under sweep_dir in job order, each labelled by the overrides that tell it apart
+    from the others, and the overrides all jobs share; `progress` advanced by one per job."""
+    job_dirs = job_directories(sweep_dir)
+    jobs = [read_job(d) for d in (progress.track(job_dirs) if progress else job_dirs)]
     common = [o for o in jobs[0].overrides if all(o in j.overrides for j in jobs)] if jobs else []
     for job in jobs:
         distinct = [o for o in job.overrides if o not in common]
@@ -341,8 +348,9 @@ def plot_seeds(jobs: list[Job], sweep_dir: Path) -> list[Path]:
     return paths
 
 
-def contact_sheet(jobs: list[Job], path: Path) -> None:
-    """The last sample grid of every job in one figure, titled by the job's distinct overrides."""
+def contact_sheet(jobs: list[Job], path: Path, progress: Progress | None = None) -> None:
+    """The last sample grid of every job in one figure, titled by the job's distinct overrides;
+    `progress` advanced by one per job."""
     n_cols = math.ceil(math.sqrt(len(jobs)))
     n_rows = math.ceil(len(jobs) / n_cols)
     fig = Figure(figsize=(3 * n_cols, 3.4 * n_rows))
@@ -355,21 +363,30 @@ def contact_sheet(jobs: list[Job], path: Path) -> None:
             ax.imshow(imread(job.samples), cmap="gray")
         else:
             ax.text(0.5, 0.5, f"no samples\n({job.status})", ha="center", va="center")
+        if progress:
+            progress.advance()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def write_report(sweep_dir: Path) -> list[Job]:
-    """Write report.csv, report.md, rate_distortion.png and samples.png into sweep_dir."""
+    """Write report.csv, report.md, rate_distortion.png and samples.png into sweep_dir, with
+    progress in steps: reading each job, each job's panel of samples.png, and the other three
+    (tables, rate-distortion, seed plots), for sweeps of many jobs."""
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"SWEEP_DIR={str(sweep_dir)!r} is not a directory")
-    jobs, common = read_sweep(sweep_dir)
-    if not jobs:
+    n_jobs = len(job_directories(sweep_dir))
+    if not n_jobs:
         raise FileNotFoundError(f"no job directories (with .hydra/overrides.yaml) in {sweep_dir}")
-    write_tables(jobs, common, sweep_dir)
-    plot_rate_distortion(jobs, sweep_dir / "rate_distortion.png")
-    contact_sheet(jobs, sweep_dir / "samples.png")
-    plot_seeds(jobs, sweep_dir)
+    with Progress(f"sweep report of {n_jobs} jobs", 2 * n_jobs + 3, "steps") as progress:
+        jobs, common = read_sweep(sweep_dir, progress)
+        write_tables(jobs, common, sweep_dir)
+        progress.advance()
+        plot_rate_distortion(jobs, sweep_dir / "rate_distortion.png")
+        progress.advance()
+        contact_sheet(jobs, sweep_dir / "samples.png", progress)
+        plot_seeds(jobs, sweep_dir)
+        progress.advance()
     failed = sum(job.status != "ok" for job in jobs)
     log.info("sweep report of %d jobs (%d not ok) in %s", len(jobs), failed, sweep_dir)
     return jobs

@@ -3,39 +3,187 @@
 In memory (the default), each official split is decoded once into a uint8 tensor and cached as
 one file per (set, where it was found, split, size); later runs load that file. Otherwise the
 images are decoded one by one at every step, for sets that do not fit in memory.
+
+A cache file is written whole or not at all (save_atomically), and checked when it is loaded:
+one that does not load, or does not hold what its name says (keys, shapes, dtypes, checksum),
+is rebuilt from the source with one warning, never used.
+
+An image folder may hold files that cannot be decoded: `unreadable="skip"` leaves them out with
+one warning naming them and their number, `"stop"` stops at the first with one line naming it.
 """
 
 import hashlib
 import logging
 import os
+import secrets
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from vae_lightning.data.in_memory import Batch, InMemoryDataModule, InMemoryImages, split_off
-from vae_lightning.data.sources import Source, find_source
+from vae_lightning.data.sources import ImageFiles, Source, UnreadableImage, find_source
+from vae_lightning.errors import ConfigError, UnreadableImageError
+from vae_lightning.progress import Progress
 
 log = logging.getLogger(__name__)
 
+UNREADABLE = ("skip", "stop")  # what to do with an image file that cannot be decoded
+NAMED_IN_WARNING = 5  # unreadable files named in the warning; the rest are counted
 
-def decode_all(dataset: Dataset, num_workers: int) -> InMemoryImages:
-    """Every item of a per-sample dataset, decoded in `num_workers` processes, as one tensor."""
+
+class _Tolerant(Dataset):
+    """The items of a per-sample dataset as (index, item), or (index, the UnreadableImage it
+    raised): decoding goes on past a broken file, in a worker too, and the caller decides.
+    With `keep=False` only the index of a readable item comes back (a readability scan)."""
+
+    def __init__(self, dataset: Dataset, keep: bool = True):
+        self.dataset, self.keep = dataset, keep
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        try:
+            item = self.dataset[index]
+        except UnreadableImage as error:
+            return index, error
+        return index, item if self.keep else None
+
+
+def _collate(items: list[tuple[int, Any]]) -> tuple[list[int], Batch | None, list[Any]]:
+    """(indices of the readable items, their batch or None, the UnreadableImages)."""
+    bad = [item for _, item in items if isinstance(item, UnreadableImage)]
+    good = [(index, item) for index, item in items if not isinstance(item, UnreadableImage)]
+    kept = [item for _, item in good if item is not None]
+    return [index for index, _ in good], default_collate(kept) if kept else None, bad
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _stop_at(unreadable: str) -> UnreadableImageError:
+    return UnreadableImageError(
+        f"cannot read the image file {unreadable}: replace or remove it, or set "
+        "data.unreadable=skip to leave unreadable files out"
+    )
+
+
+def decoded_batches(
+    dataset: Dataset,
+    num_workers: int,
+    description: str,
+    unreadable: str = "skip",
+    keep: bool = True,
+    skipped: list[UnreadableImage] | None = None,
+) -> Iterator[tuple[list[int], Batch | None]]:
+    """Every item of a per-sample dataset decoded in `num_workers` processes, as (indices,
+    batch) in order, with progress. An item that raises UnreadableImage (a file of an image
+    folder that cannot be decoded) stops it with UnreadableImageError (`unreadable="stop"`) or
+    is left out, added to `skipped` and named in one warning at the end (`"skip"`)."""
+    skipped = [] if skipped is None else skipped
+    loader = DataLoader(
+        _Tolerant(dataset, keep), batch_size=256, num_workers=num_workers, collate_fn=_collate
+    )
+    with Progress(description, len(dataset), "images") as progress:
+        for indices, batch, bad in loader:
+            if bad and unreadable == "stop":
+                raise _stop_at(str(bad[0]))
+            skipped += bad
+            yield indices, batch
+            progress.advance(len(indices) + len(bad))
+    if len(skipped) == len(dataset) and skipped:
+        raise UnreadableImageError(
+            f"none of the {len(dataset)} image files can be read, e.g. {skipped[0]}"
+        )
+    if skipped:
+        named = ", ".join(map(str, skipped[:NAMED_IN_WARNING]))
+        more = len(skipped) - NAMED_IN_WARNING
+        log.warning(
+            "%s: %d of %d image files cannot be read and are left out (data.unreadable=skip): %s%s",
+            description,
+            len(skipped),
+            len(dataset),
+            _one_line(named, 2000),
+            f" and {more} more" if more > 0 else "",
+        )
+
+
+def decode_all(
+    dataset: Dataset,
+    num_workers: int,
+    description: str = "decoding images",
+    unreadable: str = "skip",
+    skipped: list[UnreadableImage] | None = None,
+) -> InMemoryImages:
+    """Every item of a per-sample dataset, decoded in `num_workers` processes, as one tensor
+    (unreadable files left out or stopping it: see decoded_batches)."""
     if isinstance(dataset, InMemoryImages):
         return dataset
-    batches = list(DataLoader(dataset, batch_size=256, num_workers=num_workers))
-    return InMemoryImages(*(torch.cat(parts) for parts in zip(*batches, strict=True)))
+    decoded = decoded_batches(dataset, num_workers, description, unreadable, True, skipped)
+    batches = [batch for _, batch in decoded]
+    parts = [batch for batch in batches if batch is not None]
+    return InMemoryImages(*(torch.cat(part) for part in zip(*parts, strict=True)))
 
 
-def save_atomically(data: dict[str, torch.Tensor], path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash leaves no half file."""
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(name, str) for name in value)
+
+
+def checksum(data: dict[str, torch.Tensor]) -> int:
+    """CRC-32 of the bytes of the cached tensors: a damaged byte inside them is found on load."""
+    crc = 0
+    for key in ("images", "labels"):
+        crc = zlib.crc32(data[key].contiguous().view(-1).view(torch.uint8).numpy(), crc)
+    return crc
+
+
+def save_atomically(data: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file beside `path` (the same file system), flush it to disk, then
+    rename it over `path`: a reader sees the old file or the whole new one, and a crash or an
+    error while writing leaves no half file under `path` (nor a temporary one, but after a kill).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # a name of this writer's own ("x": created here, never another's), with the umask's mode
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        torch.save(data, partial)
+        with partial.open("xb") as file:
+            torch.save(data, file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+    try:  # the rename itself on disk too; not every file system lets a directory be synced
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError:
+        pass
+
+
+def load_checked(path: Path, problem: Callable[[Any], str | None]) -> Any | None:
+    """The contents of a file of save_atomically; None when there is none, or when it is damaged:
+    torch.load fails or `problem(contents)` names what is wrong; then with one warning."""
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, weights_only=True)
+    except Exception as error:  # a damaged file fails in many ways: any failure is damage
+        wrong = f"it does not load: {type(error).__name__}: {error}"
+    else:
+        wrong = problem(data)
+        if wrong is None:
+            return data
+    log.warning("cache file %s is damaged (%s): rebuilding it", path, _one_line(wrong))
+    return None
 
 
 class ImageDataModule(InMemoryDataModule):
@@ -45,7 +193,8 @@ class ImageDataModule(InMemoryDataModule):
     `val_fraction` of the training images, held out with the fixed `seed`. `size` keeps a fixed
     random subset of at most that many images per split. `binarize="dynamic"` draws binary
     images with the grey values as probabilities: afresh for each training batch, and one fixed
-    draw for validation and test so their losses compare across epochs.
+    draw for validation and test so their losses compare across epochs. `unreadable`: what to do
+    with a file of an image folder that cannot be decoded, "skip" it (one warning) or "stop".
     """
 
     def __init__(
@@ -65,13 +214,16 @@ class ImageDataModule(InMemoryDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 500,
         num_workers: int = 0,
+        unreadable: str = "skip",
     ):
         super().__init__(batch_size, eval_batch_size, num_workers)
+        if unreadable not in UNREADABLE:
+            raise ConfigError("data.unreadable", unreadable, " or ".join(UNREADABLE))
         self.name, self.root, self.cache_dir = name, Path(root), Path(cache_dir)
         self.image_size, self.channels = image_size, channels
         self.download, self.in_memory, self.binarize = download, in_memory, binarize
         self.size, self.val_fraction, self.test_fraction = size, val_fraction, test_fraction
-        self.seed = seed
+        self.seed, self.unreadable = seed, unreadable
         self.eval_threshold: torch.Tensor | None = None
 
     @property
@@ -89,43 +241,131 @@ class ImageDataModule(InMemoryDataModule):
         c, h, w = self.image_shape
         return self.cache_dir / source.name / f"{split}-{c}x{h}x{w}-{where}.pt"
 
+    def readable_path(self, source: Source, split: str) -> Path:
+        """Where the indices of a folder's readable files are kept (in_memory=false)."""
+        where = hashlib.sha1(source.location.encode()).hexdigest()[:8]
+        return self.cache_dir / source.name / f"{split}-readable-{where}.pt"
+
+    def cache_problem(self, data: Any) -> str | None:
+        """What is wrong with the contents of a cache file, or None: the keys, a uint8 tensor of
+        (N, C, H, W) images of this image_shape, N int64 labels, and their checksum."""
+        if not isinstance(data, dict):
+            return f"a {type(data).__name__}, not a dict"
+        # caches written before the checksum have only images and labels: checked for the rest
+        if not {"images", "labels"} <= set(data) <= {"images", "labels", "crc32", "unreadable"}:
+            return f"keys {sorted(map(str, data))}, not images, labels, crc32, unreadable"
+        if not _names(data.get("unreadable", [])):
+            return "unreadable not a list of file names"
+        images, labels = data["images"], data["labels"]
+        if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+            return "images or labels not a tensor"
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            return f"images {images.dtype} of shape {tuple(images.shape)}, not uint8 (N, C, H, W)"
+        if tuple(images.shape[1:]) != self.image_shape:
+            return f"images of shape {tuple(images.shape[1:])}, not {self.image_shape}"
+        if labels.dtype != torch.int64 or labels.ndim < 1 or len(labels) != len(images):
+            return f"labels {labels.dtype} {tuple(labels.shape)} for {len(images)} int64 ones"
+        if "crc32" in data and data["crc32"] != checksum(data):
+            return "its checksum does not match its images and labels"
+        return None
+
     def build_cache(self, source: Source, split: str) -> InMemoryImages | None:
         """Decode a split once and cache it; None when its cache file already exists."""
-        path = self.cache_path(source, split)
-        if path.is_file():
+        if self.cache_path(source, split).is_file():
             return None
-        split_data = decode_all(source.open(split), self.num_workers)
-        save_atomically({"images": split_data.images, "labels": split_data.labels}, path)
+        return self.decode_and_cache(source, split)
+
+    def decode_and_cache(self, source: Source, split: str) -> InMemoryImages:
+        """Decode a split and write its cache file, over any that is there."""
+        path = self.cache_path(source, split)
+        description = f"decoding {source.name} {split}"
+        skipped: list[UnreadableImage] = []
+        split_data = decode_all(
+            source.open(split), self.num_workers, description, self.unreadable, skipped
+        )
+        data = {"images": split_data.images, "labels": split_data.labels}
+        # the files left out are kept too: a later run with unreadable=stop stops at them
+        unreadable = [str(error) for error in skipped]
+        save_atomically(data | {"crc32": checksum(data), "unreadable": unreadable}, path)
         log.info(
             "%s %s: %d images decoded, cached in %s", source.name, split, len(split_data), path
         )
         return split_data
 
     def load_cached(self, source: Source, split: str) -> InMemoryImages:
-        """A split as uint8 tensors: from its cache file, or decoded now and cached."""
-        built = self.build_cache(source, split)
-        if built is not None:
-            return built
-        data = torch.load(self.cache_path(source, split), weights_only=True)
+        """A split as uint8 tensors: from its cache file, or decoded now and cached (also when
+        the file is damaged: see load_checked)."""
+        data = load_checked(self.cache_path(source, split), self.cache_problem)
+        if data is None:
+            return self.decode_and_cache(source, split)
+        self.check_left_out(data.get("unreadable", []))
         return InMemoryImages(data["images"], data["labels"])
+
+    def check_left_out(self, unreadable: list[str]) -> None:
+        """Files found unreadable when a cache was built stop a run with unreadable=stop."""
+        if unreadable and self.unreadable == "stop":
+            raise _stop_at(unreadable[0])
+
+    def readable_files(self, source: Source, split: str) -> Dataset:
+        """A split to decode item by item (in_memory=false), less the files of an image folder
+        that cannot be decoded. Which those are is found once, by decoding every file, and kept
+        as a small file beside the caches; later runs, and the other processes, read it."""
+        files = source.open(split)
+        if not isinstance(files, ImageFiles):
+            return files  # nothing else raises UnreadableImage: nothing to scan for
+
+        def problem(data: Any) -> str | None:
+            if not isinstance(data, dict) or set(data) != {"readable", "unreadable"}:
+                return "not a dict of readable and unreadable files"
+            readable = data["readable"]
+            if not isinstance(readable, torch.Tensor) or not _names(data["unreadable"]):
+                return "readable not a tensor, or unreadable not a list of file names"
+            if readable.dtype != torch.int64 or readable.ndim != 1:
+                return f"indices {readable.dtype} {tuple(readable.shape)}, not int64 (N,)"
+            if len(readable) and not (readable.min() >= 0 and readable.max() < len(files)):
+                return f"indices outside 0..{len(files) - 1}"
+            return None
+
+        path = self.readable_path(source, split)
+        data = load_checked(path, problem)
+        if data is None:
+            description = f"checking {source.name} {split}"
+            skipped: list[UnreadableImage] = []
+            scan = decoded_batches(
+                files, self.num_workers, description, self.unreadable, False, skipped
+            )
+            readable = torch.tensor([i for indices, _ in scan for i in indices], dtype=torch.long)
+            data = {"readable": readable, "unreadable": [str(error) for error in skipped]}
+            save_atomically(data, path)
+        self.check_left_out(data["unreadable"])
+        return files.subset(data["readable"].tolist())
 
     def find(self) -> Source:
         return find_source(self.name, self.root, self.download, self.image_size, self.channels)
 
     def prepare_data(self) -> None:
-        """Find the set (downloading it when `download` says so) and build its cache files."""
+        """Find the set (downloading it when `download` says so) and build its cache files (or,
+        with in_memory=false, the list of an image folder's readable files)."""
         source = self.find()
-        if self.in_memory:
-            for split in source.splits:
+        for split in source.splits:
+            if self.in_memory:
                 self.build_cache(source, split)
+            elif not self.readable_path(source, split).is_file():
+                self.readable_files(source, split)
 
     def load_splits(self) -> dict[str, Dataset]:
         source = self.find()
-        load = (lambda split: self.load_cached(source, split)) if self.in_memory else source.open
+        load = self.load_cached if self.in_memory else self.readable_files
         if "test" in source.splits:
-            train, test = load("train"), load("test")
+            train, test = load(source, "train"), load(source, "test")
         else:
-            everything = load("all")
+            # An image folder's unreadable files are left out here, before test and val are
+            # split off: the split is then drawn over the readable images only, with the fixed
+            # seeds, the same in memory or not and at every run (the same files fail each time,
+            # and the cache key changes with any file), and each split is as large as its
+            # fraction says. Finding them costs a decode of every file: done once, when the
+            # cache (or the list of readable files) is built, not at each listing of the folder.
+            everything = load(source, "all")
             n_test = round(self.test_fraction * len(everything))
             train, test = split_off(everything, n_test, self.seed)
         train, val = split_off(train, round(self.val_fraction * len(train)), self.seed + 1)

@@ -15,6 +15,7 @@ from vae_lightning.data.in_memory import (
     split_off,
     to_unit_float,
 )
+from vae_lightning.progress import Progress
 
 SHAPES = ("square", "ellipse", "heart")
 FACTOR_NAMES = ("shape", "scale", "rotation", "pos_x", "pos_y")
@@ -55,15 +56,18 @@ def render(indices: torch.Tensor, image_size: int, chunk: int = 2048) -> torch.T
     grid = (torch.arange(n_sub, dtype=torch.float32) + 0.5) / n_sub
     py, px = torch.meshgrid(grid, grid, indexing="ij")
     images = []
-    for part in factor_values(indices).split(chunk):
-        shape, scale, angle, cx, cy = (f.view(-1, 1, 1) for f in part.T)
-        radius = 0.2 * scale
-        dx, dy = (px - cx) / radius, (cy - py) / radius  # y flipped: image rows grow downwards
-        cos, sin = angle.cos(), angle.sin()
-        u, v = cos * dx + sin * dy, -sin * dx + cos * dy  # rotate by -angle into the shape frame
-        coverage = _inside(shape, u, v).float()
-        coverage = coverage.view(-1, image_size, SUPERSAMPLING, image_size, SUPERSAMPLING)
-        images.append((coverage.mean(dim=(2, 4)) * 255).round().to(torch.uint8))
+    description = f"rendering shapes at {image_size}x{image_size}"
+    with Progress(description, len(indices), "images") as progress:
+        for part in factor_values(indices).split(chunk):
+            shape, scale, angle, cx, cy = (f.view(-1, 1, 1) for f in part.T)
+            radius = 0.2 * scale
+            dx, dy = (px - cx) / radius, (cy - py) / radius  # y flipped: rows grow downwards
+            cos, sin = angle.cos(), angle.sin()
+            u, v = cos * dx + sin * dy, -sin * dx + cos * dy  # rotate by -angle: shape frame
+            coverage = _inside(shape, u, v).float()
+            coverage = coverage.view(-1, image_size, SUPERSAMPLING, image_size, SUPERSAMPLING)
+            images.append((coverage.mean(dim=(2, 4)) * 255).round().to(torch.uint8))
+            progress.advance(len(part))
     return torch.cat(images).unsqueeze(1)
 
 

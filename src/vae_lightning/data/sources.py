@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 import torchvision
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import find_classes, make_dataset
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
 from vae_lightning.data.in_memory import InMemoryImages
@@ -31,7 +31,7 @@ IDX_SETS = {
 # Where Debian's dataset-fashion-mnist package installs the four gzipped IDX files.
 SYSTEM_DIRS = {"fashion_mnist": [Path("/usr/share/datasets/fashion-mnist")]}
 DATASETS = (*IDX_SETS, "cifar10", "celeba", "folder")
-# the formats torchvision.io.decode_image reads
+# the formats read here (Pillow reads them all)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp")
 
 
@@ -83,20 +83,57 @@ def read_idx_split(directory: Path, split: str, size: int, channels: int) -> InM
     return InMemoryImages(images, read_idx(labels_file).long())
 
 
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded: its `path` and, in one line, why."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(path, reason)  # both in args: it survives pickling out of a worker
+        self.path, self.reason = path, reason
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.reason})"
+
+
+# What Pillow raises for a file it cannot decode, by decoder: truncated data, a broken chunk,
+# not an image at all.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+
+
+def read_image(path: Path, channels: int) -> torch.Tensor:
+    """An image file as uint8 (channels, H, W); UnreadableImage when it cannot be decoded.
+
+    With Pillow, as torchvision's ImageFolder reads files: libpng under torchvision.io writes
+    some faults (a bad CRC) to the process's stderr on top of the exception it raises."""
+    try:
+        with Image.open(path) as image:
+            return F.pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
+    except _DECODE_ERRORS as error:
+        raise UnreadableImage(path, " ".join(str(error).split()) or type(error).__name__) from None
+
+
 class ImageFiles(Dataset):
-    """Image files decoded one per item, fitted to size x size with `channels` channels."""
+    """Image files decoded one per item, fitted to size x size with `channels` channels; an
+    item whose file cannot be decoded raises UnreadableImage."""
 
     def __init__(self, paths: list[Path], labels: list[int], size: int, channels: int):
-        self.paths, self.labels = paths, torch.tensor(labels)
+        self.paths, self.labels = paths, torch.tensor(labels, dtype=torch.long)
         self.size, self.channels = size, channels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
-        image = decode_image(str(self.paths[index]), mode=mode)
+        image = read_image(self.paths[index], self.channels)
         return fit_images(image, self.size, self.channels), self.labels[index]
+
+    def subset(self, indices: list[int]) -> "ImageFiles":
+        """These files only, in the order given."""
+        return ImageFiles(
+            [self.paths[i] for i in indices],
+            self.labels[indices].tolist(),
+            self.size,
+            self.channels,
+        )
 
 
 class FittedImages(Dataset):
