@@ -4,6 +4,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from hydra.utils import instantiate
 
 from vae_lightning.elbo import ELBOTerms, build_likelihood, log_importance_weights, reparameterize
@@ -12,7 +13,13 @@ from vae_lightning.objectives import ELBO, ObjectiveOutput, TrainingState
 from vae_lightning.priors import build_prior
 
 
-class VAE(L.LightningModule):
+class VAE(
+    L.LightningModule,
+    PyTorchModelHubMixin,
+    library_name="vae-lightning",
+    tags=["vae", "variational-autoencoder", "lightning"],
+    pipeline_tag="unconditional-image-generation",
+):
     """A VAE with a diagonal Gaussian q(z|x), a configurable p(x|z) and prior p(z), trained on
     `objective` (default: the beta-weighted ELBO).
 
@@ -23,7 +30,11 @@ class VAE(L.LightningModule):
 
     Every constructor argument is saved in the checkpoint as plain data, so
     `VAE.load_from_checkpoint(path)` rebuilds the model with nothing else at hand (and with
-    torch.load's safe `weights_only` unpickler). `optimizer` is a Hydra config of a partial
+    torch.load's safe `weights_only` unpickler). The Hugging Face Hub mixin keeps the same
+    arguments, as JSON, in config.json: `save_pretrained(DIR)` writes it beside the weights
+    (model.safetensors), `VAE.from_pretrained(DIR or repo id)` rebuilds the model from the two
+    (strictly: every weight must fit), `push_to_hub(repo id)` publishes them; export.py writes
+    such a folder from a checkpoint, with a model card. `optimizer` is a Hydra config of a partial
     optimiser, e.g. {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3};
     `scheduler`, when given, is Lightning's lr-scheduler dict with a partial scheduler under
     "scheduler" (e.g. {"scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
@@ -71,12 +82,19 @@ class VAE(L.LightningModule):
         self.objective = instantiate(objective) if objective else ELBO()
         self.beta = beta
         self.dataset_size = 1  # of the training data, known once the trainer sets up
+        self.example_input_array = torch.zeros(1, *self.image_shape)
         # NHWC conv weights (and inputs, in encode): faster kernels on some CPUs and GPUs
         if channels_last:
             self.to(memory_format=torch.channels_last)
         if compile:  # in place: the state_dict keys stay those of the plain modules
             self.encoder.compile()
             self.decoder.compile()
+
+    @classmethod
+    def _from_pretrained(cls, *, strict: bool = True, **kwargs: Any) -> "VAE":
+        # The mixin loads weights non-strictly by default: weights that do not fit config.json
+        # would leave layers at their random initialisation without a word.
+        return super()._from_pretrained(strict=strict, **kwargs)
 
     # --- the model -------------------------------------------------------------------------
 
@@ -93,6 +111,11 @@ class VAE(L.LightningModule):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of p(x|z) at z = E_q[z]: the deterministic reconstruction shown in grids."""
         return self.decode(self.encode(x)[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`model(x)` is `reconstruct(x)`; with `example_input_array`, it gives Lightning's model
+        summary each layer's FLOPs and input and output sizes (not a column of zeros)."""
+        return self.reconstruct(x)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Decodings of n draws from the prior; the same generator state gives the same draws."""
