@@ -73,7 +73,7 @@ def test_bad_value_names_key_and_what_is_allowed(tmp_path, override, key):
 )
 def test_unknown_group_option_is_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        prepare_command_line(ROOT / "conf", argv)
+        prepare_command_line(ROOT / "conf", "train", argv)
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}")
@@ -81,11 +81,11 @@ def test_unknown_group_option_is_one_line(argv, message, capsys):
 
 def test_known_options_and_values_pass_unchanged(tmp_path):
     argv = ["-m", "model=conv,mlp", "experiment=null", "hydra/launcher=joblib", "model.beta=2"]
-    assert prepare_command_line(ROOT / "conf", argv) == argv
+    assert prepare_command_line(ROOT / "conf", "train", argv) == argv
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "mine.yaml").write_text("network: mlp\n")
     argv = ["--config-dir", str(tmp_path), "model=mine"]  # a group option from another folder
-    assert prepare_command_line(ROOT / "conf", argv) == argv
+    assert prepare_command_line(ROOT / "conf", "train", argv) == argv
 
 
 @pytest.mark.slow

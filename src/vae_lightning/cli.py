@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from rich.table import Table
 
 from vae_lightning.callbacks import console_callbacks, log_hparams_with_metrics
 from vae_lightning.config import (
+    check_accelerator,
     check_config,
     check_group_choices,
     check_image_shape,
     check_optimized_metric,
+    check_override_keys,
     group_choices_by_dotted_key,
 )
 from vae_lightning.errors import ConfigError, UserError
@@ -59,12 +62,40 @@ def exit_on_config_error(main: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @exit_on_config_error
-def prepare_command_line(config_dir: str | Path, argv: list[str]) -> list[str]:
+def prepare_command_line(config_dir: str | Path, config_name: str, argv: list[str]) -> list[str]:
     """The arguments for Hydra: `resume=<run dir>` expanded, nested groups chosen with a dot
-    (`model.objective=iwae`), unknown group options refused."""
+    (`model.objective=iwae`), unknown group options and keys refused, all of Lightning's Trainer
+    arguments accepted as trainer.X=..., the output folder checked."""
     argv = group_choices_by_dotted_key(config_dir, resume_arguments(argv))
     check_group_choices(config_dir, argv)
-    return argv
+    return check_override_keys(config_dir, config_name, argv)
+
+
+# Lightning's messages that nobody can act on: an advertisement, a line about TPUs on machines
+# without one, the note that our RichModelSummary replaces its default summary, and a
+# deprecation inside Lightning's own _pytree module (lightning 2.6 with torch 2.10+).
+LIGHTNING_NOISE = (
+    "💡 Tip: For seamless cloud logging",
+    "TPU available: False",
+    "Trainer already configured with model summary callbacks",
+)
+
+
+class _DropLightningNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_NOISE)
+
+
+def quiet_lightning() -> None:
+    """Leave out of the console what a user cannot act on (LIGHTNING_NOISE); in the job's
+    process, so that parallel launchers' workers are quiet too."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningNoise) for f in logger.filters):
+            logger.addFilter(_DropLightningNoise())
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module="lightning"
+    )
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -121,6 +152,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     check_optimized_metric(cfg)
+    check_accelerator("trainer.accelerator", cfg.trainer.get("accelerator"))
+    quiet_lightning()
     started = time.perf_counter()
     if cfg.get("torch_threads"):
         torch.set_num_threads(cfg.torch_threads)
@@ -166,6 +199,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     the ELBO terms from the model's test_step, then evaluate_model's metrics; write metrics.json.
     """
     check_config(cfg)
+    check_accelerator("accelerator", cfg.accelerator)
+    quiet_lightning()
     started = time.perf_counter()
     # The model is rebuilt from the checkpoint's own hparams, never from a default config.
     model = load_checkpoint_model(cfg.ckpt_path)

@@ -1,20 +1,27 @@
 """Config checks at the point where a config enters, each failure one line naming key and fix."""
 
 import argparse
+import difflib
+import inspect
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hydra import initialize_config_dir
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lightning.data.images import UNREADABLE
 from vae_lightning.disentanglement import DCI_REGRESSORS, METRICS
 from vae_lightning.elbo import LIKELIHOODS, SIGMA_PER
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import ConfigError, UnknownKeyError, UserError
 from vae_lightning.networks import NETWORKS, conv_downsampling
 from vae_lightning.objectives.beta_tc import SAMPLING
 from vae_lightning.objectives.dip import VARIANTS
@@ -77,6 +84,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.binarize", lambda v: v == "dynamic", "dynamic, or null for grey values"),
     ("data.val_fraction", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1), e.g. 0.1"),
     ("data.size", _positive_int, "a positive integer, or null for all images"),
+    ("data.unreadable", lambda v: v in UNREADABLE, f"one of {', '.join(UNREADABLE)}"),
     ("torch_threads", _positive_int, "a positive integer of threads, or null for one per core"),
     ("trainer.max_epochs", _is_int, "an integer (-1 for no limit), e.g. trainer.max_epochs=10"),
     ("eval.iwae_k", _positive_int, "a positive integer of importance samples, e.g. 1000"),
@@ -239,6 +247,132 @@ def check_group_choices(config_dir: str | Path, argv: list[str]) -> None:
                 if isinstance(choice, str) and choice not in options:
                     allowed = f"one of {', '.join(options)} (the files in conf/{group}/)"
                     raise ConfigError(group.replace("/", "."), choice, allowed)
+
+
+# Every argument of lightning.Trainer: each can be set as trainer.X=... (conf/trainer/ lists the
+# common ones; the rest are added as Hydra's ++trainer.X=...).
+TRAINER_ARGUMENTS = tuple(
+    p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"
+)
+
+
+def _closest(word: str, options: list[str]) -> list[str]:
+    return difflib.get_close_matches(word, options, n=3, cutoff=0.6)
+
+
+def _unknown_key(key: str, known: str, keys: list[str], hint: str) -> UnknownKeyError:
+    leaf = key.rpartition(".")[2]
+    parent = key.rpartition(".")[0]
+    near = [f"{parent}.{k}" if parent else k for k in _closest(leaf, keys)]
+    guess = f"did you mean {' or '.join(near)}? " if near else ""
+    return UnknownKeyError(f"{key} is not {known}: {guess}{hint}")
+
+
+def check_override_keys(config_dir: str | Path, config_name: str, argv: list[str]) -> list[str]:
+    """The command line with every key checked against the composed config: a key it does not
+    have (a typo such as model.latnt_dim) raises UnknownKeyError naming the closest keys, and an
+    argument of lightning.Trainer that conf/trainer/ does not list (trainer.limit_train_batches)
+    becomes Hydra's `++trainer.X=...`, so all of the Trainer's arguments work as Lightning users
+    type them. The output folder Hydra will create must be writable.
+
+    Hydra would find a misspelt key only while composing, in five lines of its own; this composes
+    once with the command line's group choices (the first of a sweep) and looks each key up.
+    Keys added with +, ++ or removed with ~, and Hydra's own keys, are left to Hydra.
+    """
+    args = parse_hydra_arguments(argv)
+    try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except HydraException:
+        return argv
+    extra_dirs = [d for d in (args.config_dir,) if d]
+    with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
+        group_options = _group_options()
+        choices, values = [], []
+        for override in parsed:
+            group, value = override.key_or_group, override.value()
+            if group_options(group) or any((Path(d) / group).is_dir() for d in extra_dirs):
+                if isinstance(value, ChoiceSweep):
+                    value = value.list[0]
+                if not isinstance(value, str | None) or override.is_delete():
+                    return argv  # a glob or range of options: Hydra expands it
+                choices.append(f"{override.get_key_element()}={'null' if value is None else value}")
+            elif group.startswith("hydra."):
+                choices.append(override.input_line)  # e.g. hydra.run.dir, checked below
+            elif not (override.is_add() or override.is_force_add() or override.is_delete()):
+                values.append(override)
+        searchpath = [f"hydra.searchpath=[file://{Path(d).resolve()}]" for d in extra_dirs]
+        try:
+            cfg = compose(config_name, [*choices, *searchpath], return_hydra_config=True)
+        except Exception:  # anything Hydra cannot compose, Hydra reports itself
+            return argv
+    rewritten = list(argv)
+    for override in values:
+        key = override.key_or_group
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+        if OmegaConf.is_dict(parent) and leaf in list(parent):  # `in` misses a ??? value
+            continue
+        if OmegaConf.is_list(parent) and leaf.isdigit() and int(leaf) < len(parent):
+            continue
+        if parent_key == "trainer" and OmegaConf.is_dict(parent):
+            if leaf in TRAINER_ARGUMENTS:
+                index = rewritten.index(override.input_line)
+                rewritten[index] = "++" + override.input_line
+                continue
+            raise _unknown_key(
+                key, "an argument of lightning.Trainer", list(TRAINER_ARGUMENTS), _TRAINER_HINT
+            )
+        while parent is None:  # report the first missing part: model.x.y when model has no x
+            key, (parent_key, _, leaf) = parent_key, parent_key.rpartition(".")
+            parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+        if not OmegaConf.is_dict(parent):
+            raise UnknownKeyError(f"{key} is not a key: {parent_key} is a value, not a group")
+        keys = [str(k) for k in parent if k != "hydra"]
+        where = f"a key of {parent_key}" if parent_key else "a top-level key"
+        raise _unknown_key(key, where, keys, f"its keys: {', '.join(keys)} (+{key}=... adds one)")
+    multirun = "-m" in argv or "--multirun" in argv or cfg.hydra.mode == RunMode.MULTIRUN
+    check_writable("hydra.sweep.dir" if multirun else "hydra.run.dir", cfg)
+    return rewritten
+
+
+_TRAINER_HINT = "see https://lightning.ai/docs/pytorch/stable/common/trainer.html#trainer-flags"
+
+
+def check_writable(key: str, cfg: DictConfig) -> None:
+    """Raise UserError when the folder at `key` (hydra.run.dir, ...) cannot be created.
+
+    Hydra creates it before any of our code runs and fails with a traceback; this tries a
+    temporary folder in its nearest existing parent instead, so nothing is left behind."""
+    try:
+        folder = Path(OmegaConf.select(cfg, key)).absolute()
+    except Exception:  # an interpolation known only inside Hydra's job: Hydra reports it
+        return
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        Path(tempfile.mkdtemp(dir=existing)).rmdir()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise UserError(
+            f"{key}={folder} cannot be created ({reason} in {existing}): choose a writable "
+            f"folder, e.g. {key}=outputs/run"
+        ) from None
+
+
+def check_accelerator(key: str, accelerator: Any) -> None:
+    """A GPU accelerator needs a GPU: say so in one line before Lightning says it in six."""
+    name = str(accelerator).lower()
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            key, accelerator, "cpu or auto: this machine has no CUDA GPU (trainer=cpu)"
+        )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            key, accelerator, "cpu or auto: this machine has no Apple GPU (trainer=cpu)"
+        )
 
 
 # The metrics train.py can hand to a sweeper (`optimized_metric`): the keys of metrics.json
