@@ -19,6 +19,9 @@ from vae_lightning.elbo import gaussian_kl
 from vae_lightning.module import VAE
 
 ROOT = Path(__file__).resolve().parents[1]
+# The first 600 training and 200 test images of Fashion-MNIST in its own IDX files (README.md
+# there): the tests of real data need no download and no Debian package.
+FASHION_MNIST_SUBSET = ROOT / "tests" / "data" / "fashion-mnist"
 
 # Small enough to train in seconds on 2 CPU cores, large enough that the loss visibly falls.
 TINY = [

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.helpers import run_script
+from tests.helpers import FASHION_MNIST_SUBSET, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -11,7 +11,8 @@ def test_likelihood_table_script_trains_evaluates_and_compares_its_rows(tmp_path
     result = run_script(
         "benchmarks/likelihood_table.py", "--rows", "vae", "vamp", "--epochs", "1",
         "--k", "10", "--test-images", "500", "--out", str(tmp_path),
-        "data.size=600", "model.n_pseudo_inputs=10",
+        "data.size=600", "model.n_pseudo_inputs=10", f"data.root={FASHION_MNIST_SUBSET}",
+        f"data.cache_dir={tmp_path / 'cache'}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()

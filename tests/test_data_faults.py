@@ -13,9 +13,10 @@ import torch
 from tests.helpers import TINY, run_script
 from tests.test_data_real import write_digit_pngs
 from vae_lightning.data import ImageDataModule, images, sources
-from vae_lightning.data.images import decode_all, save_atomically
+from vae_lightning.data.images import decode_all
 from vae_lightning.data.sources import UnreadableImage
 from vae_lightning.errors import ConfigError, UnreadableImageError
+from vae_lightning.storage import save_atomically
 
 
 def truncated_png(good: Path, path: Path) -> Path:
@@ -79,7 +80,7 @@ def train_on_folder(tmp_path: Path, *overrides: str):
 
 @pytest.mark.slow
 def test_train_py_leaves_out_an_unreadable_png_with_one_warning(tmp_path):
-    # 90 good images: val gets 8, the picture callback's 8 (fewer, and odd, trip drawing.py)
+    # 90 good images: 9 test, 8 val, 73 train
     broken = folder_with_a_broken_file(tmp_path / "images", per_class=30)
     result = train_on_folder(tmp_path)  # folder.yaml's defaults: unreadable=skip, 2 workers
     assert result.returncode == 0, result.stderr[-3000:]

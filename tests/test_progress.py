@@ -129,7 +129,8 @@ def test_rendering_shapes_and_a_sweep_report_show_progress(tmp_path, monkeypatch
     caplog.set_level(logging.INFO)
     render(sample_factor_indices(4000, 0), 8, chunk=400)
     rendering = [m for m in messages(caplog) if m.startswith("rendering shapes at 8x8: ")]
-    assert len(rendering) >= 5 and rendering[-1].startswith("rendering shapes at 8x8: 4,000 images")
+    # at least one line on the way (lines are at most 10 a second: a fast machine writes few)
+    assert len(rendering) >= 2 and rendering[-1].startswith("rendering shapes at 8x8: 4,000 images")
 
     for job in ("0", "1"):
         (tmp_path / job / ".hydra").mkdir(parents=True)
@@ -142,7 +143,7 @@ def test_rendering_shapes_and_a_sweep_report_show_progress(tmp_path, monkeypatch
     caplog.clear()
     sweep.write_report(tmp_path)
     report = [m for m in messages(caplog) if m.startswith("sweep report of 2 jobs: ")]
-    assert len(report) >= 3 and report[-1].startswith("sweep report of 2 jobs: 7 steps in ")
+    assert len(report) >= 2 and report[-1].startswith("sweep report of 2 jobs: 7 steps in ")
 
 
 @pytest.mark.slow
@@ -165,7 +166,7 @@ def test_eval_py_logs_the_progress_of_the_iwae_bound(tmp_path, tiny_config):
     log_lines = (tmp_path / "eval" / "eval.log").read_text().splitlines()
     iwae = [line for line in log_lines if "[vae_lightning.progress][INFO] - IWAE bound" in line]
     *steps, end = iwae
-    assert len(steps) >= 5
+    assert steps  # at least one on the way; at most 10 lines a second
     for line in steps:
         assert re.search(
             r"IWAE bound \(k=50\): \d+% \([\d.]+/64 images\), .* images/s, .* left$", line

@@ -192,7 +192,7 @@ class Interpolations(EpochImages):
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
         images, _ = trainer.datamodule.examples("test", 2 * self.n_pairs)
         images = images.to(model.device)
-        return {"interpolations": interpolation_grid(model, images[0::2], images[1::2], self.steps)}
+        return {"interpolations": interpolation_grid(model, images, self.steps)}
 
 
 class LatentMap(EpochImages):

@@ -71,11 +71,13 @@ def prepare_command_line(config_dir: str | Path, config_name: str, argv: list[st
     return check_override_keys(config_dir, config_name, argv)
 
 
-# Lightning's messages that nobody can act on: an advertisement, a line about TPUs on machines
-# without one, the note that our RichModelSummary replaces its default summary, and a
-# deprecation inside Lightning's own _pytree module (lightning 2.6 with torch 2.10+).
+# Lightning's messages that nobody can act on: an advertisement, the seed (the config has it),
+# lines about GPUs and TPUs on machines without one, the note that our RichModelSummary
+# replaces its default summary, and a deprecation inside Lightning's own _pytree module.
 LIGHTNING_NOISE = (
     "💡 Tip: For seamless cloud logging",
+    "Seed set to",  # the seed is in the config and .hydra/config.yaml
+    "GPU available: False, used: False",
     "TPU available: False",
     "Trainer already configured with model summary callbacks",
 )
@@ -89,7 +91,11 @@ class _DropLightningNoise(logging.Filter):
 def quiet_lightning() -> None:
     """Leave out of the console what a user cannot act on (LIGHTNING_NOISE); in the job's
     process, so that parallel launchers' workers are quiet too."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.fabric.utilities.seed",
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLightningNoise) for f in logger.filters):
             logger.addFilter(_DropLightningNoise())

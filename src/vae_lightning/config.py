@@ -365,14 +365,11 @@ def check_writable(key: str, cfg: DictConfig) -> None:
 def check_accelerator(key: str, accelerator: Any) -> None:
     """A GPU accelerator needs a GPU: say so in one line before Lightning says it in six."""
     name = str(accelerator).lower()
-    if name in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            key, accelerator, "cpu or auto: this machine has no CUDA GPU (trainer=cpu)"
-        )
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(
-            key, accelerator, "cpu or auto: this machine has no Apple GPU (trainer=cpu)"
-        )
+    missing = (name in ("gpu", "cuda") and not torch.cuda.is_available()) or (
+        name == "mps" and not torch.backends.mps.is_available()
+    )
+    if missing:
+        raise ConfigError(key, accelerator, "cpu or auto: this machine has no GPU (trainer=cpu)")
 
 
 # The metrics train.py can hand to a sweeper (`optimized_metric`): the keys of metrics.json

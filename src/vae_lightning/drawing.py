@@ -39,11 +39,12 @@ def traversal_grid(
     return grid(model.decode(z.flatten(0, 1)), nrow=steps)
 
 
-def interpolation_grid(
-    model: torch.nn.Module, starts: torch.Tensor, ends: torch.Tensor, steps: int
-) -> torch.Tensor:
-    """One row per pair of images: the start, decodings of `steps` points on the straight line
-    between the two posterior means (both included), the end."""
+def interpolation_grid(model: torch.nn.Module, images: torch.Tensor, steps: int) -> torch.Tensor:
+    """One row per pair of consecutive images (an odd last one left out): the start, decodings
+    of `steps` points on the straight line between the two posterior means (both included), the
+    end."""
+    pairs = len(images) // 2
+    starts, ends = images[0 : 2 * pairs : 2], images[1 : 2 * pairs : 2]
     mu_start, _ = model.encode(starts)
     mu_end, _ = model.encode(ends)
     t = torch.linspace(0, 1, steps, device=mu_start.device)[None, :, None]

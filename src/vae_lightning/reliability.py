@@ -3,18 +3,23 @@ own directory with a history that has no gap, and stop (or skip) at a non-finite
 
 import logging
 import math
+import random
 import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import IO, Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
 from vae_lightning.errors import ConfigError, UserError
 from vae_lightning.runs import last_checkpoint_path
+from vae_lightning.storage import save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,15 @@ class Resumable(L.Callback):
       logged and the run stops with `Interrupted`. A second signal stops at once.
     - On resume, TensorBoard is told to drop what earlier files logged from the checkpoint's step
       on (the steps the killed process ran past it), as SummaryWriter(purge_step=...) does.
+    - Every checkpoint holds the random states training draws from (torch on the CPU and every
+      CUDA device, NumPy, Python's random); a resumed run puts them back as training starts
+      (after the sanity check, which draws too), so its steps draw what the killed run's would
+      have. The order of the training batches is the data loader's own state
+      (data/in_memory.py, IndexBatches), which Lightning's fit loop saves and restores.
+    - Each epoch after the first starts from the random states its previous epoch's training
+      batches ended with: what validation and epoch-end callbacks (pictures) draw does not
+      reach training, so a run resumed from an epoch-end checkpoint, which runs neither again,
+      draws as an uninterrupted one.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -49,6 +63,20 @@ class Resumable(L.Callback):
     def __init__(self) -> None:
         self.signum: int | None = None
         self.saved: Path | None = None
+        self.random_states: dict[str, Any] | None = None  # loaded, put back at on_train_start
+        self.next_epoch_states: dict[str, Any] | None = None  # for the next epoch's start
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"random_states": random_states(), "next_epoch_states": self.next_epoch_states}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.random_states = state_dict.get("random_states")
+        self.next_epoch_states = state_dict.get("next_epoch_states")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.next_epoch_states is not None:
+            set_random_states(self.next_epoch_states)
+            self.next_epoch_states = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
@@ -60,11 +88,16 @@ class Resumable(L.Callback):
         # Replaces Lightning's SIGTERM handler (it saves nothing on one device, and ends the run
         # with exit status 0); Lightning puts back the handlers it found when fit ends.
         self.signum, self.saved = None, None
+        if self.random_states is not None:
+            set_random_states(self.random_states)
+            self.random_states = None
         if threading.current_thread() is threading.main_thread():  # the only one that may
             for signum in self.SIGNALS:
                 signal.signal(signum, self._on_signal)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self.next_epoch_states = random_states()  # ModelCheckpoint saves after this hook
         if self.signum is not None and self.saved is None:
             self.saved = (
                 last_checkpoint_path(trainer) or Path(trainer.default_root_dir) / "last.ckpt"
@@ -94,6 +127,50 @@ class Resumable(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 session_start = SessionLog(status=SessionLog.START)
                 logger.experiment.file_writer.add_event(Event(step=step, session_log=session_start))
+
+
+def random_states() -> dict[str, Any]:
+    """The states of the global generators, as tensors and plain lists (so that a checkpoint
+    still loads with torch.load(weights_only=True))."""
+    kind, keys, pos, has_gauss, cached_gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gauss],
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def set_random_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    cuda = states.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, keys, pos, has_gauss, cached_gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint whole or not at all: to a temporary file in the same folder, flushed
+    and synced to disk, then renamed over the target (os.replace is atomic on one file system).
+    A process killed, or a disk full, while it writes leaves the previous file as it was.
+
+    Lightning's own save writes the target file in place, so a kill during the write leaves a
+    truncated checkpoint.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        save_atomically(checkpoint, Path(path), self._write)
+
+    def _write(self, checkpoint: dict[str, Any], file: IO[bytes]) -> None:
+        torch.save(checkpoint, file)
 
 
 class NonFiniteGuard(L.Callback):

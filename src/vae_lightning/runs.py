@@ -1,5 +1,6 @@
 """Finding and reading runs: their directories, saved configs and checkpoints."""
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
+
+log = logging.getLogger(__name__)
 
 # The model hyperparameters that fix the shapes of the weights in a checkpoint.
 SHAPE_HPARAMS = ("network", "latent_dim", "hidden_dims", "dense_dim", "prior", "n_pseudo_inputs")
@@ -56,11 +59,34 @@ def _plain(value: Any) -> Any:
     return list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else value
 
 
+def _saved_hparams(ckpt_path: str | Path) -> dict | None:
+    """The hyperparameters a checkpoint holds; None if the file is damaged or not a checkpoint."""
+    try:
+        # mmap: only the metadata read here is loaded, not the weights.
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        return dict(checkpoint["hyper_parameters"])
+    except Exception:  # torch raises many types for a file that is not a checkpoint
+        return None
+
+
+def newest_intact_checkpoint(folder: Path, damaged: Path) -> tuple[Path, dict] | None:
+    """The most recently written checkpoint of `folder` other than `damaged` that loads, with
+    its hyperparameters; None if there is none."""
+    candidates = [path for path in folder.glob("*.ckpt") if path.is_file() and path != damaged]
+    for path in sorted(candidates, key=lambda path: path.stat().st_mtime, reverse=True):
+        hparams = _saved_hparams(path)
+        if hparams is not None:
+            return path, hparams
+    return None
+
+
 def checkpoint_to_resume(cfg: DictConfig, image_shape: tuple[int, int, int]) -> str | None:
     """The checkpoint `ckpt_path` names, checked against the model config; None to start afresh.
 
     `ckpt_path=last` is this run's `checkpoints/last.ckpt`, or a fresh start when there is none
     yet (as in Lightning), so a scheduler can repeat one command until the run is done.
+    A `last.ckpt` that does not load (truncated, or not a checkpoint) is passed over with a
+    warning for the newest intact checkpoint beside it, when there is one.
     """
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path == "last":
@@ -72,12 +98,20 @@ def checkpoint_to_resume(cfg: DictConfig, image_shape: tuple[int, int, int]) -> 
     allowed = "the path of a .ckpt file written by train.py, last, or null"
     if not Path(ckpt_path).is_file():
         raise ConfigError("ckpt_path", ckpt_path, f"no such file; {allowed}")
-    try:
-        # mmap: only the metadata read here is loaded, not the weights.
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-        hparams = checkpoint["hyper_parameters"]
-    except Exception:  # torch raises many types for a file that is not a checkpoint
-        raise ConfigError("ckpt_path", ckpt_path, f"not a checkpoint; {allowed}") from None
+    hparams = _saved_hparams(ckpt_path)
+    if hparams is None and Path(ckpt_path).name == "last.ckpt":
+        damaged = Path(ckpt_path)
+        intact = newest_intact_checkpoint(damaged.parent, damaged)
+        if intact is not None:
+            log.warning(
+                "%s is damaged (truncated or not a checkpoint): resuming from %s, the newest "
+                "intact checkpoint beside it",
+                damaged,
+                intact[0],
+            )
+            ckpt_path, hparams = str(intact[0]), intact[1]
+    if hparams is None:
+        raise ConfigError("ckpt_path", ckpt_path, f"not a checkpoint; {allowed}")
     unused = {
         "dense_dim": cfg.model.network != "conv",
         "n_pseudo_inputs": cfg.model.prior != "vamp",

@@ -35,7 +35,7 @@ def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
         return {"reconstruct": reconstruction_grid(model, datamodule.examples("test", cfg.n)[0])}
     if cfg.mode == "interpolate":
         images, _ = datamodule.examples("test", 2 * cfg.n)
-        return {"interpolate": interpolation_grid(model, images[0::2], images[1::2], cfg.steps)}
+        return {"interpolate": interpolation_grid(model, images, cfg.steps)}
     images, _ = datamodule.examples("test", max(cfg.n, N_KL_IMAGES))
     mu, _ = model.encode(images)
     order = model.kl_per_dim(images).mean(dim=0).argsort(descending=True)

@@ -14,8 +14,6 @@ one warning naming them and their number, `"stop"` stops at the first with one l
 
 import hashlib
 import logging
-import os
-import secrets
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from vae_lightning.data.in_memory import Batch, InMemoryDataModule, InMemoryImag
 from vae_lightning.data.sources import ImageFiles, Source, UnreadableImage, find_source
 from vae_lightning.errors import ConfigError, UnreadableImageError
 from vae_lightning.progress import Progress
+from vae_lightning.storage import save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -141,32 +140,6 @@ def checksum(data: dict[str, torch.Tensor]) -> int:
     for key in ("images", "labels"):
         crc = zlib.crc32(data[key].contiguous().view(-1).view(torch.uint8).numpy(), crc)
     return crc
-
-
-def save_atomically(data: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file beside `path` (the same file system), flush it to disk, then
-    rename it over `path`: a reader sees the old file or the whole new one, and a crash or an
-    error while writing leaves no half file under `path` (nor a temporary one, but after a kill).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a name of this writer's own ("x": created here, never another's), with the umask's mode
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with partial.open("xb") as file:
-            torch.save(data, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    try:  # the rename itself on disk too; not every file system lets a directory be synced
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except OSError:
-        pass
 
 
 def load_checked(path: Path, problem: Callable[[Any], str | None]) -> Any | None:
@@ -389,12 +362,3 @@ class ImageDataModule(InMemoryDataModule):
         # One uniform threshold per pixel position, the same for every image: each image is
         # still an exact Bernoulli draw (independent pixels), and the same at every epoch.
         return (images > self.eval_threshold.to(images.device)).to(images.dtype)
-
-    def examples(self, split: str, n: int) -> Batch:
-        images, labels = super().examples(split, n)
-        return self.model_input(images, training=False), labels
-
-    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        images, labels = super().on_after_batch_transfer(batch, dataloader_idx)
-        training = self.trainer is not None and self.trainer.training
-        return self.model_input(images, training), labels

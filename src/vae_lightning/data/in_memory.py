@@ -7,7 +7,10 @@ A split may instead be any dataset of (uint8 image, label) items, decoded one by
 `num_workers` processes: the path for sets too large for memory.
 """
 
+import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -65,20 +68,84 @@ class IndexBatches(Sampler):
 
     Instead of BatchSampler over RandomSampler, which builds a Python list of ints per batch
     that the dataset turns back into a tensor at every step.
+
+    Epoch e's order is the (e+1)-th permutation the generator draws from the state it came with,
+    so the order of an epoch is known from its number alone (Lightning calls `set_epoch` before
+    each epoch; without it, each iteration is the next epoch). Resumable: `state_dict` holds the
+    epoch and how many of its batches were handed out; after `load_state_dict` the next iteration
+    hands out the rest of that epoch's order, as an uninterrupted run would (the state also holds
+    the generator's starting state, so the order does not depend on the resumed run's seed).
+    The order is drawn at the first batch, not at `iter()`: Lightning calls `iter()` before
+    `set_epoch`.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator):
         self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
+        self.initial_state = generator.get_state()
+        self.drawn = 0  # permutations the generator has drawn since initial_state
+        self.epoch = 0  # the epoch the next iteration hands out
+        self.current, self.taken = 0, 0  # the epoch being handed out, and its batches handed out
+        self.skip = 0  # batches of `epoch` the next iteration leaves out (restored by a resume)
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
-    def __iter__(self):
-        if self.shuffle:
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.skip = epoch, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.initial_state.clone(), "epoch": self.current, "taken": self.taken}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.initial_state, self.drawn = state["generator"].clone(), 0
+        self.generator.set_state(self.initial_state)
+        self.epoch, self.skip = int(state["epoch"]), int(state["taken"])
+        self.current, self.taken = self.epoch, self.skip
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The permutation of `epoch` (0..n-1 without shuffling)."""
+        if not self.shuffle:
+            return torch.arange(self.n)
+        if epoch < self.drawn:  # an earlier epoch: draw again from the start
+            self.generator.set_state(self.initial_state)
+            self.drawn = 0
+        while True:
             order = torch.randperm(self.n, generator=self.generator)
-        else:
-            order = torch.arange(self.n)
-        return iter(order.split(self.batch_size))
+            self.drawn += 1
+            if self.drawn > epoch:
+                return order
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self.skip >= len(self):  # the restored epoch was used up: the next one
+            self.epoch, self.skip = self.epoch + 1, 0
+        epoch, skip = self.epoch, self.skip
+        self.skip = 0
+        batches = self.order(epoch).split(self.batch_size)
+        self.current, self.taken = epoch, skip
+        self.epoch = epoch + 1  # where a next iteration goes unless set_epoch says otherwise
+        for batch in batches[skip:]:
+            self.taken += 1
+            yield batch
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position in the epoch Lightning saves in every checkpoint and restores
+    on resume (the `state_dict` / `load_state_dict` protocol of its fit loop): the state of its
+    IndexBatches sampler."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict() if isinstance(self.sampler, IndexBatches) else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state and isinstance(self.sampler, IndexBatches):
+            self.sampler.load_state_dict(state)
+        else:  # e.g. under DDP, where Lightning wraps the sampler in a distributed one
+            warnings.warn(
+                "the order of the resumed epoch's remaining batches is not restored (the sampler "
+                f"is a {type(self.sampler).__name__}, not an IndexBatches)",
+                stacklevel=2,
+            )
 
 
 class InMemoryDataModule(L.LightningDataModule, ABC):
@@ -126,7 +193,11 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
             images, labels = dataset[first]
         else:
             images, labels = default_collate([dataset[i] for i in first])
-        return to_unit_float(images), labels
+        return self.model_input(to_unit_float(images), training=False), labels
+
+    def model_input(self, images: torch.Tensor, training: bool) -> torch.Tensor:
+        """Images in [0, 1] as the model sees them; a subclass may binarise them."""
+        return images
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         dataset = self.split(name)
@@ -144,7 +215,11 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
         # so the shards are disjoint. It advances each epoch, so epochs are still shuffled apart.
         generator = torch.Generator().manual_seed(torch.initial_seed())
         batches = IndexBatches(len(dataset), batch_size, shuffle, generator)
-        return DataLoader(dataset, batch_size=None, sampler=batches)
+        # A generator of its own for the seed DataLoader draws at every iter() (for workers,
+        # which this loader has none of): drawn from the global one, it would make the random
+        # states of training depend on when Lightning calls iter(), which differs on resume.
+        own = torch.Generator().manual_seed(torch.initial_seed())
+        return ResumableDataLoader(dataset, batch_size=None, sampler=batches, generator=own)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -157,5 +232,8 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        if isinstance(batch, torch.Tensor):
+            return batch  # the model's example_input_array, which Lightning passes through too
         images, labels = batch
-        return to_unit_float(images), labels
+        training = self.trainer is not None and self.trainer.training
+        return self.model_input(to_unit_float(images), training), labels
