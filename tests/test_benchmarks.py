@@ -21,7 +21,7 @@ def test_likelihood_table_script_trains_evaluates_and_compares_its_rows(tmp_path
         nll_cell, elbo_cell, trained_cell = row.split("|")[2:5]
         nll, error = (float(part) for part in nll_cell.split("±"))
         assert 0 < error < nll <= float(elbo_cell) + 1.0  # IWAE is the tighter bound, up to noise
-        assert "(k=100, 600 images)" in trained_cell  # train.py's own bound, on its test images
+        assert "(k=100, 200 images)" in trained_cell  # train.py's own bound, on its 200 test images
     (difference,) = [line for line in lines if line.startswith("| VAE + VampPrior − VAE (k=1) |")]
     mean, error = (float(part) for part in difference.split("|")[2].split("±"))
     assert abs(mean) < 50 and error > 0
