@@ -4,6 +4,7 @@ last.ckpt is passed over for the newest intact checkpoint."""
 
 import errno
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -11,38 +12,51 @@ import lightning as L
 import pytest
 import torch
 
-from tests.helpers import TINY, make_config, read_tensorboard, run_script
+from tests.helpers import FASHION_MNIST_SUBSET, TINY, make_config, read_tensorboard, run_script
+from tests.test_data_real import write_digit_pngs
 from vae_lightning.cli import train
 from vae_lightning.reliability import AtomicCheckpointIO
 
 # 256 training images in batches of 32: 8 steps per epoch, 16 in all, last.ckpt every 3 steps.
-# Every run has the killer callback; it kills only the process whose environment names a step.
+# Every run has the killer callback; it kills only the process whose environment names a moment.
 RUN = (
     *TINY,
     "data.size=320",
     "trainer.max_epochs=2",
     "callbacks.pictures.image_grids=null",
     "callbacks.step_checkpoint.every_n_train_steps=3",
-    f"+callbacks.killer._target_={__name__}.KillAtStep",
+    f"+callbacks.killer._target_={__name__}.KillAt",
 )
 STEPS_PER_EPOCH, STEPS = 8, 16
-KILL_AT = "VAE_TEST_SIGKILL_AT_STEP"
+KILL_AT = "VAE_TEST_SIGKILL_AT"
 
 
-class KillAtStep(L.Callback):
-    """SIGKILLs its own process as the training step named by $VAE_TEST_SIGKILL_AT_STEP starts:
-    a kill at a known point of a run, past its last checkpoint, with nothing run on the way out."""
+class KillAt(L.Callback):
+    """SIGKILLs its own process at the moment $VAE_TEST_SIGKILL_AT names, with nothing run on the
+    way out: "step N" as training step N starts, "validation E" at epoch E's first validation
+    batch, "epoch start E" as epoch E starts, right after the previous one ended and its
+    checkpoint was saved."""
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if os.environ.get(KILL_AT) == str(trainer.global_step):
+    def kill_at(self, moment: str) -> None:
+        if os.environ.get(KILL_AT) == moment:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.kill_at(f"step {trainer.global_step}")
 
-def train_py(run_dir: Path, kill_at: int | None = None, *args: str):
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self.kill_at(f"validation {trainer.current_epoch}")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.kill_at(f"epoch start {trainer.current_epoch}")
+
+
+def train_py(kill_at: str | None, *overrides: str):
     env = {k: v for k, v in os.environ.items() if k != KILL_AT}
     if kill_at is not None:
-        env[KILL_AT] = str(kill_at)
-    return run_script("train.py", *(args or (*RUN, f"hydra.run.dir={run_dir}")), env=env)
+        env[KILL_AT] = kill_at
+    return run_script("train.py", *overrides, env=env)
 
 
 def load(path: Path) -> dict:
@@ -81,34 +95,76 @@ def assert_same_as_uninterrupted(run_dir: Path, baseline: Path) -> None:
     assert [step for step, _ in scalars(run_dir, "train/loss")] == list(range(STEPS))
 
 
+def variants(data: Path) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The overrides of each kind of run on top of RUN (the conv model on shapes in memory), and
+    those of the uninterrupted run it must equal. All have 256 training images: 8 steps an epoch.
+    A per-item run must equal one in memory: the same images, in the same order."""
+    cache = f"data.cache_dir={data / 'cache'}"
+    binarised = ("data=fashion_mnist", f"data.root={FASHION_MNIST_SUBSET}", cache, "data.size=256")
+    binarised += ("data.binarize=dynamic", "model=mlp", "model.hidden_dims=[32]")
+    folder = ("data=folder", f"data.root={data / 'digits'}", cache, "data.size=256")
+    folder += ("data.image_size=16", "data.channels=1", "data.num_workers=2")
+    return {
+        "conv": ((), ()),
+        "mlp, dynamic binarisation": (binarised, binarised),
+        "per-item decoding": ((*folder, "data.in_memory=false"), (*folder, "data.in_memory=true")),
+    }
+
+
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> Path:
-    """An uninterrupted run, started the same way as the killed ones."""
-    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    result = train_py(run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+def data(tmp_path_factory) -> Path:
+    """A folder of 318 real digits (train: 257, val: 28, test: 32) and a cache folder."""
+    data = tmp_path_factory.mktemp("data")
+    write_digit_pngs(data / "digits", per_class=106)
+    return data
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run dir of an uninterrupted run with the given overrides on top of RUN, each run once
+    for the module, started the same way as the killed ones."""
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def run(*overrides: str) -> Path:
+        if overrides not in runs:
+            run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+            result = train_py(None, *RUN, *overrides, f"hydra.run.dir={run_dir}")
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[overrides] = run_dir
+        return runs[overrides]
+
+    return run
 
 
 # ---- resumable data order and random states ---------------------------------------------------
 
+# Each kill with the step of the last checkpoint it leaves: in the middle of epoch 0, during its
+# validation, right after its end (its checkpoint saved), in the middle of epoch 1.
+KILLS = [("step 5", 3), ("validation 0", 6), ("epoch start 1", 8), ("step 13", 12)]
+
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kill_at", "saved_at"), [(5, 3), (11, 9)])  # in epoch 0 and epoch 1
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
-    tmp_path, baseline, kill_at, saved_at
+@pytest.mark.parametrize("variant", ["conv", "mlp, dynamic binarisation", "per-item decoding"])
+def test_killed_four_times_and_resumed_equals_an_uninterrupted_run(
+    tmp_path, data, uninterrupted, variant
 ):
+    overrides, uninterrupted_overrides = variants(data)[variant]
     run_dir = tmp_path / "run"
-    killed = train_py(run_dir, kill_at)
-    assert killed.returncode == -signal.SIGKILL
-    last = load(run_dir / "checkpoints" / "last.ckpt")
-    assert last["global_step"] == saved_at and saved_at % STEPS_PER_EPOCH  # mid-epoch
-    assert last["loops"]["fit_loop"]["state_dict"]["combined_loader"]  # the loader's position
+    command = (*RUN, *overrides, f"hydra.run.dir={run_dir}")
+    for kill_at, saved_at in KILLS:
+        killed = train_py(kill_at, *command)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        # Lightning's warning for a loader without state, and ours for a sampler not restored
+        assert "not resumable" not in killed.stderr and "not restored" not in killed.stderr
+        last = load(run_dir / "checkpoints" / "last.ckpt")
+        assert last["global_step"] == saved_at, kill_at
+        assert last["loops"]["fit_loop"]["state_dict"]["combined_loader"]  # the loader's position
+        command = (f"resume={run_dir}",)  # the documented command
 
-    resumed = train_py(run_dir, None, f"resume={run_dir}")  # the documented command
+    resumed = train_py(None, *command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "not resumable" not in resumed.stderr  # Lightning's warning for a loader without state
-    assert_same_as_uninterrupted(run_dir, baseline)
+    assert "not resumable" not in resumed.stderr and "not restored" not in resumed.stderr
+    assert_same_as_uninterrupted(run_dir, uninterrupted(*uninterrupted_overrides))
 
 
 # ---- atomic checkpoints -----------------------------------------------------------------------
@@ -156,22 +212,28 @@ def test_disk_full_during_a_training_save_keeps_the_last_good_checkpoint(tmp_pat
 # ---- a damaged last.ckpt ----------------------------------------------------------------------
 
 
+def spoil(path: Path, damage: str) -> None:
+    if damage == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_text("not a checkpoint")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "not a checkpoint"])
-def test_damaged_last_ckpt_resumes_from_the_newest_intact_one(tmp_path, baseline, damage):
+def test_damaged_last_ckpt_resumes_from_the_newest_intact_one(tmp_path, uninterrupted, damage):
     run_dir = tmp_path / "run"
-    killed = train_py(run_dir, 10)  # past epoch_000.ckpt (step 8) and last.ckpt (step 9)
+    killed = train_py(
+        "step 10", *RUN, f"hydra.run.dir={run_dir}"
+    )  # past epoch_000.ckpt (step 8) and last.ckpt (step 9)
     assert killed.returncode == -signal.SIGKILL
     checkpoints = run_dir / "checkpoints"
     intact, last = checkpoints / "epoch_000.ckpt", checkpoints / "last.ckpt"
     assert load(intact)["global_step"] == 8 and load(last)["global_step"] == 9
-    if damage == "truncated":
-        data = last.read_bytes()
-        last.write_bytes(data[: len(data) // 2])
-    else:
-        last.write_text("not a checkpoint")
+    spoil(last, damage)
 
-    resumed = train_py(run_dir, None, f"resume={run_dir}")
+    resumed = train_py(None, f"resume={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     warnings = [
         line
@@ -179,4 +241,30 @@ def test_damaged_last_ckpt_resumes_from_the_newest_intact_one(tmp_path, baseline
         if "damaged" in line and str(last) in line
     ]
     assert len(warnings) == 1 and f"resuming from {intact}" in warnings[0], warnings
-    assert_same_as_uninterrupted(run_dir, baseline)  # an epoch-end checkpoint resumes exactly
+    assert_same_as_uninterrupted(
+        run_dir, uninterrupted()
+    )  # an epoch-end checkpoint resumes exactly
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "output", "damage"),
+    [("eval.py", "hydra.run.dir", "truncated"), ("sample.py", "out", "not a checkpoint")],
+)
+def test_eval_and_sample_name_a_damaged_checkpoint_and_an_intact_one_in_one_line(
+    tmp_path, uninterrupted, script, output, damage
+):
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(uninterrupted() / "checkpoints", checkpoints)
+    (intact,) = checkpoints.glob("epoch_*.ckpt")  # the best epoch's
+    last = checkpoints / "last.ckpt"
+    spoil(last, damage)
+
+    result = run_script(script, f"ckpt_path={last}", f"{output}={tmp_path / 'out'}")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: ckpt_path='{last}' is not allowed: the file is damaged, truncated or not a "
+        "checkpoint ("
+    )
+    assert line.endswith(f" on loading); the newest intact one beside it is {intact}")

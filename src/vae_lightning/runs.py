@@ -131,7 +131,8 @@ def checkpoint_to_resume(cfg: DictConfig, image_shape: tuple[int, int, int]) -> 
 
 def load_checkpoint_model(ckpt_path: str | None) -> VAE:
     """The VAE of a checkpoint, rebuilt from its own hparams alone, on the CPU, in eval mode;
-    a ConfigError if the file is missing or not a checkpoint of train.py."""
+    a ConfigError if the file is missing or not a checkpoint of train.py, naming the newest
+    intact checkpoint beside a damaged one."""
     allowed = "a checkpoint of train.py, e.g. ckpt_path=outputs/DATE/TIME/checkpoints/last.ckpt"
     if not ckpt_path or not Path(ckpt_path).is_file():
         raise ConfigError("ckpt_path", ckpt_path, f"{allowed} (no such file)")
@@ -139,7 +140,16 @@ def load_checkpoint_model(ckpt_path: str | None) -> VAE:
         model = VAE.load_from_checkpoint(ckpt_path, map_location="cpu")
     except Exception as error:  # whatever the file holds instead, the fix is another ckpt_path
         reason = f"{type(error).__name__} on loading"
-        raise ConfigError("ckpt_path", ckpt_path, f"{allowed} ({reason})") from None
+        if _saved_hparams(ckpt_path) is not None:  # a whole checkpoint, not one of this VAE
+            raise ConfigError("ckpt_path", ckpt_path, f"{allowed} ({reason})") from None
+        damaged = Path(ckpt_path)
+        intact = newest_intact_checkpoint(damaged.parent, damaged)
+        fix = f"the newest intact one beside it is {intact[0]}" if intact else allowed
+        raise ConfigError(
+            "ckpt_path",
+            ckpt_path,
+            f"the file is damaged, truncated or not a checkpoint ({reason}); {fix}",
+        ) from None
     return model.eval()
 
 

@@ -54,6 +54,22 @@ class InMemoryImages(Dataset):
         return InMemoryImages(self.images[index], self.labels[index])
 
 
+class ItemsByBatch(Dataset):
+    """A dataset of single (uint8 image, label) items indexed by a whole batch of indices, as
+    InMemoryImages is: the items are decoded one by one (in a worker process, when the loader has
+    any) and stacked. So both kinds of split go through the same sampler (IndexBatches), in the
+    same order, and resume alike."""
+
+    def __init__(self, items: Dataset):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, indices: torch.Tensor | list[int]) -> Batch:
+        return default_collate([self.items[i] for i in torch.as_tensor(indices).tolist()])
+
+
 def split_off(dataset: Dataset, n_held_out: int, seed: int) -> tuple[Dataset, Dataset]:
     """A fixed random split into (rest, held out) of n_held_out items; the same for a seed."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
@@ -76,7 +92,8 @@ class IndexBatches(Sampler):
     hands out the rest of that epoch's order, as an uninterrupted run would (the state also holds
     the generator's starting state, so the order does not depend on the resumed run's seed).
     The order is drawn at the first batch, not at `iter()`: Lightning calls `iter()` before
-    `set_epoch`.
+    `set_epoch`. The batches handed out are counted by ResumableDataLoader as it returns them:
+    worker processes take indices from the sampler ahead of the batches they return.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator):
@@ -84,7 +101,7 @@ class IndexBatches(Sampler):
         self.initial_state = generator.get_state()
         self.drawn = 0  # permutations the generator has drawn since initial_state
         self.epoch = 0  # the epoch the next iteration hands out
-        self.current, self.taken = 0, 0  # the epoch being handed out, and its batches handed out
+        self.current, self.taken = 0, 0  # the epoch being handed out, and its batches returned
         self.skip = 0  # batches of `epoch` the next iteration leaves out (restored by a resume)
 
     def __len__(self) -> int:
@@ -124,15 +141,20 @@ class IndexBatches(Sampler):
         batches = self.order(epoch).split(self.batch_size)
         self.current, self.taken = epoch, skip
         self.epoch = epoch + 1  # where a next iteration goes unless set_epoch says otherwise
-        for batch in batches[skip:]:
-            self.taken += 1
-            yield batch
+        yield from batches[skip:]
 
 
 class ResumableDataLoader(DataLoader):
     """A DataLoader whose position in the epoch Lightning saves in every checkpoint and restores
     on resume (the `state_dict` / `load_state_dict` protocol of its fit loop): the state of its
-    IndexBatches sampler."""
+    IndexBatches sampler, with the batches this loader has returned of the epoch."""
+
+    def __iter__(self) -> Iterator[Any]:
+        counting = isinstance(self.sampler, IndexBatches)
+        for batch in super().__iter__():
+            if counting:
+                self.sampler.taken += 1
+            yield batch
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict() if isinstance(self.sampler, IndexBatches) else {}
@@ -187,39 +209,44 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
 
     def examples(self, split: str, n: int) -> Batch:
         """The first n images of a split as floats in [0, 1], with their labels."""
-        dataset = self.split(split)
-        first = list(range(min(n, len(dataset))))
-        if isinstance(dataset, InMemoryImages):
-            images, labels = dataset[first]
-        else:
-            images, labels = default_collate([dataset[i] for i in first])
+        dataset = self.by_batch(self.split(split))
+        images, labels = dataset[list(range(min(n, len(dataset))))]
         return self.model_input(to_unit_float(images), training=False), labels
 
     def model_input(self, images: torch.Tensor, training: bool) -> torch.Tensor:
         """Images in [0, 1] as the model sees them; a subclass may binarise them."""
         return images
 
+    @staticmethod
+    def by_batch(dataset: Dataset) -> InMemoryImages | ItemsByBatch:
+        """A split indexed by a batch of indices at once."""
+        return dataset if isinstance(dataset, InMemoryImages) else ItemsByBatch(dataset)
+
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        dataset = self.split(name)
+        dataset = self.by_batch(self.split(name))
         batch_size = self.batch_size if shuffle else self.eval_batch_size
-        if not isinstance(dataset, InMemoryImages):
-            workers = self.num_workers
-            return DataLoader(
-                dataset, batch_size, shuffle, num_workers=workers, persistent_workers=workers > 0
-            )
+        # Items decoded one by one take worker processes; slices of a tensor take none.
+        workers = self.num_workers if isinstance(dataset, ItemsByBatch) else 0
         # batch_size=None turns off automatic batching: each sampled tensor of indices is one
-        # __getitem__ call, so a batch is a single tensor slice.
+        # __getitem__ call, so a batch is a single tensor slice (or one worker's decoded items).
         # Under DDP, Lightning wraps this sampler in a DistributedSamplerWrapper, which gives each
         # process every n-th batch of the order the process draws itself: a generator seeded
         # alike in all processes (seed_everything ran in each) makes that order the same for all,
         # so the shards are disjoint. It advances each epoch, so epochs are still shuffled apart.
         generator = torch.Generator().manual_seed(torch.initial_seed())
         batches = IndexBatches(len(dataset), batch_size, shuffle, generator)
-        # A generator of its own for the seed DataLoader draws at every iter() (for workers,
-        # which this loader has none of): drawn from the global one, it would make the random
-        # states of training depend on when Lightning calls iter(), which differs on resume.
+        # A generator of its own for the seed DataLoader draws at every iter() (for its workers'
+        # seeds): drawn from the global one, it would make the random states of training depend
+        # on when Lightning calls iter(), which differs on resume.
         own = torch.Generator().manual_seed(torch.initial_seed())
-        return ResumableDataLoader(dataset, batch_size=None, sampler=batches, generator=own)
+        return ResumableDataLoader(
+            dataset,
+            batch_size=None,
+            sampler=batches,
+            generator=own,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
