@@ -14,8 +14,9 @@ import torch
 
 from tests.helpers import FASHION_MNIST_SUBSET, TINY, make_config, read_tensorboard, run_script
 from tests.test_data_real import write_digit_pngs
+from vae_lightning.callbacks import Pictures
 from vae_lightning.cli import train
-from vae_lightning.reliability import AtomicCheckpointIO
+from vae_lightning.reliability import AtomicCheckpointIO, random_states
 
 # 256 training images in batches of 32: 8 steps per epoch, 16 in all, last.ckpt every 3 steps.
 # Every run has the killer callback; it kills only the process whose environment names a moment.
@@ -23,7 +24,6 @@ RUN = (
     *TINY,
     "data.size=320",
     "trainer.max_epochs=2",
-    "callbacks.pictures.image_grids=null",
     "callbacks.step_checkpoint.every_n_train_steps=3",
     f"+callbacks.killer._target_={__name__}.KillAt",
 )
@@ -95,19 +95,26 @@ def assert_same_as_uninterrupted(run_dir: Path, baseline: Path) -> None:
     assert [step for step, _ in scalars(run_dir, "train/loss")] == list(range(STEPS))
 
 
-def variants(data: Path) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-    """The overrides of each kind of run on top of RUN (the conv model on shapes in memory), and
-    those of the uninterrupted run it must equal. All have 256 training images: 8 steps an epoch.
-    A per-item run must equal one in memory: the same images, in the same order."""
-    cache = f"data.cache_dir={data / 'cache'}"
-    binarised = ("data=fashion_mnist", f"data.root={FASHION_MNIST_SUBSET}", cache, "data.size=256")
-    binarised += ("data.binarize=dynamic", "model=mlp", "model.hidden_dims=[32]")
-    folder = ("data=folder", f"data.root={data / 'digits'}", cache, "data.size=256")
-    folder += ("data.image_size=16", "data.channels=1", "data.num_workers=2")
+def variants(data: Path, cache: Path) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The overrides of each kind of run on top of RUN (the conv model on shapes in memory), with
+    its data caches in `cache`, and those of the uninterrupted run it must equal (caches in
+    data/cache, written from the source). All have 256 training images: 8 steps an epoch. A
+    per-item run must equal one in memory: the same images, in the same order."""
+
+    def fashion(cache: Path) -> tuple[str, ...]:
+        data_set = ("data=fashion_mnist", f"data.root={FASHION_MNIST_SUBSET}", "data.size=256")
+        model = ("model=mlp", "model.hidden_dims=[32]")
+        return (*data_set, f"data.cache_dir={cache}", "data.binarize=dynamic", *model)
+
+    def folder(cache: Path, in_memory: bool) -> tuple[str, ...]:
+        data_set = ("data=folder", f"data.root={data / 'digits'}", "data.size=256")
+        images = ("data.image_size=16", "data.channels=1", "data.num_workers=2")
+        return (*data_set, f"data.cache_dir={cache}", *images, f"data.in_memory={in_memory}")
+
     return {
         "conv": ((), ()),
-        "mlp, dynamic binarisation": (binarised, binarised),
-        "per-item decoding": ((*folder, "data.in_memory=false"), (*folder, "data.in_memory=true")),
+        "mlp, dynamic binarisation": (fashion(cache), fashion(data / "cache")),
+        "per-item decoding": (folder(cache, False), folder(data / "cache", True)),
     }
 
 
@@ -144,27 +151,83 @@ KILLS = [("step 5", 3), ("validation 0", 6), ("epoch start 1", 8), ("step 13", 1
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["conv", "mlp, dynamic binarisation", "per-item decoding"])
-def test_killed_four_times_and_resumed_equals_an_uninterrupted_run(
-    tmp_path, data, uninterrupted, variant
+@pytest.mark.parametrize(
+    ("variant", "kills"),
+    [("conv", KILLS), ("mlp, dynamic binarisation", KILLS[1:]), ("per-item decoding", KILLS[1:])],
+    ids=["conv", "mlp, dynamic binarisation", "per-item decoding"],
+)
+def test_killed_again_and_again_and_resumed_equals_an_uninterrupted_run(
+    tmp_path, data, uninterrupted, variant, kills
 ):
-    overrides, uninterrupted_overrides = variants(data)[variant]
+    """Also: every data cache file truncated after the first kill is rebuilt by the next start
+    with one warning, and training goes on with the right images; the pictures are the same."""
+    overrides, uninterrupted_overrides = variants(data, tmp_path / "cache")[variant]
+    baseline = uninterrupted(*uninterrupted_overrides)  # first: its caches come from the source
     run_dir = tmp_path / "run"
     command = (*RUN, *overrides, f"hydra.run.dir={run_dir}")
-    for kill_at, saved_at in KILLS:
+    spoiled: list[Path] = []  # cache files truncated before this start
+    for i, (kill_at, saved_at) in enumerate(kills):
         killed = train_py(kill_at, *command)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
         # Lightning's warning for a loader without state, and ours for a sampler not restored
         assert "not resumable" not in killed.stderr and "not restored" not in killed.stderr
+        output = (killed.stdout + killed.stderr).splitlines()
+        warned = [line for line in output if "is damaged" in line]
+        assert len(warned) == len(spoiled), warned
+        for path in spoiled:
+            assert any(f"cache file {path} is damaged (" in line for line in warned), path
+            load(path)  # rebuilt whole
         last = load(run_dir / "checkpoints" / "last.ckpt")
         assert last["global_step"] == saved_at, kill_at
         assert last["loops"]["fit_loop"]["state_dict"]["combined_loader"]  # the loader's position
         command = (f"resume={run_dir}",)  # the documented command
+        spoiled = sorted((tmp_path / "cache").rglob("*.pt")) if i == 0 else []
+        for path in spoiled:
+            path.write_bytes(path.read_bytes()[:1000])
 
     resumed = train_py(None, *command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "not resumable" not in resumed.stderr and "not restored" not in resumed.stderr
-    assert_same_as_uninterrupted(run_dir, uninterrupted(*uninterrupted_overrides))
+    assert_same_as_uninterrupted(run_dir, baseline)
+    pictures = sorted((run_dir / "images").iterdir())
+    assert [p.name for p in pictures] == sorted(p.name for p in (baseline / "images").iterdir())
+    for picture in pictures:  # drawn by the killed processes too
+        assert picture.read_bytes() == (baseline / "images" / picture.name).read_bytes(), picture
+
+
+class PicturesKeepingRandomStates(Pictures):
+    """The pictures callback, keeping the global random states before and after each drawing."""
+
+    states: list[tuple[dict, dict]] = []  # of the class: train() makes the instance
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        before = random_states()
+        super().on_train_epoch_end(trainer, pl_module)
+        self.states.append((before, random_states()))
+
+
+@pytest.mark.slow
+def test_the_pictures_draw_nothing_from_the_random_states_of_training(tmp_path, data):
+    """Their draws are fixed (generators of their own, the fixed binarisation of evaluation)."""
+    PicturesKeepingRandomStates.states.clear()
+    binarised, _ = variants(data, tmp_path / "cache")["mlp, dynamic binarisation"]
+    every_epoch = [
+        f"callbacks.pictures.{name}.every_n_epochs=1" for name in ("latent_map", "kl_per_dim")
+    ]
+    pictures = f"callbacks.pictures._target_={__name__}.PicturesKeepingRandomStates"
+    train(make_config(tmp_path, *RUN, *binarised, "trainer.max_epochs=1", pictures, *every_epoch))
+    drawn = sorted(path.name for path in (tmp_path / "images").iterdir())
+    names = [
+        "interpolations",
+        "kl_per_dim",
+        "latent_map",
+        "reconstructions",
+        "samples",
+        "traversals",
+    ]
+    assert drawn == [f"{name}_epoch=000.png" for name in names]
+    ((before, after),) = PicturesKeepingRandomStates.states
+    assert_same_state(before, after)
 
 
 # ---- atomic checkpoints -----------------------------------------------------------------------
