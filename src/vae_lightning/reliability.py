@@ -120,8 +120,8 @@ class Resumable(L.Callback):
         self._at_safe_point(trainer)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
-        if trainer.state.fn != "fit":
-            return  # testing a checkpoint continues no history
+        if trainer.state.fn != "fit" or not trainer.is_global_zero:
+            return  # testing a checkpoint continues no history; only rank zero writes events
         step = checkpoint["global_step"]
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

@@ -7,13 +7,14 @@ A split may instead be any dataset of (uint8 image, label) items, decoded one by
 `num_workers` processes: the path for sets too large for memory.
 """
 
-import warnings
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import (
     DataLoader,
     Dataset,
@@ -21,6 +22,8 @@ from torch.utils.data import (
     Subset,
     default_collate,
 )
+
+log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -163,10 +166,11 @@ class ResumableDataLoader(DataLoader):
         if state and isinstance(self.sampler, IndexBatches):
             self.sampler.load_state_dict(state)
         else:  # e.g. under DDP, where Lightning wraps the sampler in a distributed one
-            warnings.warn(
+            rank_zero_only(log.warning)(
                 "the order of the resumed epoch's remaining batches is not restored (the sampler "
-                f"is a {type(self.sampler).__name__}, not an IndexBatches)",
-                stacklevel=2,
+                "is a %s, whose position is not saved): the run goes on, not identical to an "
+                "uninterrupted one",
+                type(self.sampler).__name__,
             )
 
 
