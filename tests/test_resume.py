@@ -1,6 +1,8 @@
-"""Exact resume: a run killed mid-epoch and resumed ends with the same weights, optimiser state and
-logged losses as one never interrupted; checkpoints are written whole or not at all; a damaged
-last.ckpt is passed over for the newest intact checkpoint."""
+"""Exact resume: a run killed again and again (mid-epoch, during validation, right after an
+epoch end) and resumed ends with the same weights, optimiser state, logged values and pictures as
+one never interrupted, for the conv model, the MLP with dynamic binarisation and per-item
+decoding; under DDP at the right step. Checkpoints are written whole or not at all; a damaged
+last.ckpt is passed over for the newest intact checkpoint, and eval.py and sample.py name it."""
 
 import errno
 import os

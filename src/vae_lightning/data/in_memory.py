@@ -4,7 +4,8 @@ Batches are taken by indexing the whole tensor with a batch of indices (no per-s
 `__getitem__`, no collate, no worker processes) and become floats in [0, 1] only after the transfer
 to the training device, so the host moves a quarter of the bytes and does no conversion.
 A split may instead be any dataset of (uint8 image, label) items, decoded one by one in
-`num_workers` processes: the path for sets too large for memory.
+`num_workers` processes: the path for sets too large for memory. Both go through one resumable
+sampler of index batches, so they see the same batches and resume alike.
 """
 
 import logging
