@@ -305,14 +305,22 @@ def spoil(path: Path, damage: str) -> None:
         path.write_text("not a checkpoint")
 
 
+@pytest.fixture(scope="module")
+def killed_at_step_10(tmp_path_factory) -> Path:
+    """A run killed past epoch_000.ckpt (step 8) and last.ckpt (step 9)."""
+    run_dir = tmp_path_factory.mktemp("killed") / "run"
+    killed = train_py("step 10", *RUN, f"hydra.run.dir={run_dir}")
+    assert killed.returncode == -signal.SIGKILL
+    return run_dir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "not a checkpoint"])
-def test_damaged_last_ckpt_resumes_from_the_newest_intact_one(tmp_path, uninterrupted, damage):
+def test_damaged_last_ckpt_resumes_from_the_newest_intact_one(
+    tmp_path, killed_at_step_10, uninterrupted, damage
+):
     run_dir = tmp_path / "run"
-    killed = train_py(
-        "step 10", *RUN, f"hydra.run.dir={run_dir}"
-    )  # past epoch_000.ckpt (step 8) and last.ckpt (step 9)
-    assert killed.returncode == -signal.SIGKILL
+    shutil.copytree(killed_at_step_10, run_dir)
     checkpoints = run_dir / "checkpoints"
     intact, last = checkpoints / "epoch_000.ckpt", checkpoints / "last.ckpt"
     assert load(intact)["global_step"] == 8 and load(last)["global_step"] == 9
@@ -320,15 +328,10 @@ def test_damaged_last_ckpt_resumes_from_the_newest_intact_one(tmp_path, uninterr
 
     resumed = train_py(None, f"resume={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    warnings = [
-        line
-        for line in (resumed.stdout + resumed.stderr).splitlines()
-        if "damaged" in line and str(last) in line
-    ]
+    output = (resumed.stdout + resumed.stderr).splitlines()
+    warnings = [line for line in output if "damaged" in line and str(last) in line]
     assert len(warnings) == 1 and f"resuming from {intact}" in warnings[0], warnings
-    assert_same_as_uninterrupted(
-        run_dir, uninterrupted()
-    )  # an epoch-end checkpoint resumes exactly
+    assert_same_as_uninterrupted(run_dir, uninterrupted())  # from an epoch-end checkpoint
 
 
 @pytest.mark.slow
