@@ -8,6 +8,7 @@ in closed form. Its LatentLayers are linear maps run by the project's own Hierar
 top-down pass, KLs and importance weights as the convolutional model), inside the VAE module.
 """
 
+import json
 import math
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 from torch.distributions import MultivariateNormal, kl_divergence
 
+from tests.helpers import TINY, make_config, read_tensorboard, run_script
 from vae_lightning.config import check_config
 from vae_lightning.elbo import iwae_bound
 from vae_lightning.errors import ConfigError
@@ -364,8 +366,6 @@ def test_checkpoint_and_hub_folder_rebuild_an_identical_model(tmp_path):
 
 
 def test_objectives_that_read_one_layer_are_refused_in_one_line(tmp_path):
-    from tests.helpers import make_config
-
     for overrides, key in (
         (["model/objective=beta_tc"], "model.objective"),
         (["model/objective=dip"], "model.objective"),
@@ -375,3 +375,76 @@ def test_objectives_that_read_one_layer_are_refused_in_one_line(tmp_path):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             check_config(make_config(tmp_path, "model=hierarchical", *overrides))
     check_config(make_config(tmp_path, "model=hierarchical", "model/objective=iwae"))
+
+
+# --- training, end to end ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("threshold", "skipped"), [(1e-12, 3), (1e12, 0)])
+def test_gradient_norm_skipping_leaves_the_weights_of_an_outlier_step_alone(
+    tmp_path, threshold, skipped
+):
+    """With every gradient norm above the threshold, Adam sees zero gradients from the first
+    step: its moments stay zero and so do its updates; with none above it, training moves."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    cfg = make_config(
+        tmp_path, "model=hierarchical", "model.n_layers=2", f"model.grad_skip_threshold={threshold}"
+    )
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, image_shape=datamodule.image_shape, _recursive_=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = L.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule)
+    assert model.skipped_updates.item() == skipped
+    unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert unchanged == (skipped == 3)
+
+
+@pytest.mark.slow
+def test_train_eval_and_sample_scripts_on_a_two_layer_model(tmp_path):
+    run_dir, eval_dir, samples = tmp_path / "run", tmp_path / "eval", tmp_path / "samples"
+    result = run_script(
+        "train.py", *TINY, "model=hierarchical", "model.n_layers=2", "model.latent_dims=[2,3]",
+        "model.hidden_dims=[4,8]", "model.kl_warmup=4", "model.free_bits=0.1",
+        "model.grad_skip_threshold=1e6", "trainer.max_epochs=1", "eval.iwae_k=5",
+        "callbacks.pictures.image_grids.temperature=0.7",
+        "callbacks.pictures.kl_per_dim.every_n_epochs=1", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert len(trained["test/kl_per_layer"]) == 2 and min(trained["test/kl_per_layer"]) > 0
+    assert len(trained["test/kl_per_dim"]) == 5  # 2 channels of layer 1, 3 dims of the top
+    assert sum(trained["test/active_units_per_layer"]) == trained["test/active_units"]
+    scalars = read_tensorboard(run_dir / "tensorboard").Tags()["scalars"]
+    for tag in ("train/kl_layer1", "train/kl_layer2", "val/kl_layer1", "val/kl_layer2"):
+        assert tag in scalars, tag
+    assert "train/skipped_updates" in scalars
+    for picture in ("samples", "reconstructions", "traversals", "kl_per_dim"):
+        assert (run_dir / "images" / f"{picture}_epoch=000.png").is_file(), picture
+
+    best = trained["best_checkpoint"]
+    result = run_script(
+        "eval.py", f"ckpt_path={best}", "eval.iwae_k=5", f"hydra.run.dir={eval_dir}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    # along the posterior means: deterministic, so the same from the checkpoint alone
+    assert evaluated["test/active_units_per_layer"] == trained["test/active_units_per_layer"]
+    assert evaluated["test/kl_per_dim"] == trained["test/kl_per_dim"]
+
+    for mode in ("prior", "traverse"):
+        result = run_script(
+            "sample.py", f"ckpt_path={best}", f"mode={mode}", "n=8", "temperature=0.7",
+            f"out={samples}",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert (samples / "prior.png").is_file() and (samples / "traverse_000.png").is_file()
