@@ -6,9 +6,9 @@
 It is `python train.py` with the settings below (any train.py override after them wins), its
 output passed through, then the seconds of each training epoch, read from the run's log
 (callbacks.EpochLog's lines), and their median. CIFAR-10 is not downloaded: torchvision's
-files must be in <data.root>/cifar-10-batches-py. The likelihood is a Gaussian with a learned sigma per channel
-(a continuous density on values in [0, 1]: add 8 to its bits/dim to compare with the
-literature's, see metrics.bits_per_dim).
+files must be in <data.root>/cifar-10-batches-py. The likelihood is a Gaussian with a learned
+sigma per channel (a continuous density on values in [0, 1]: add 8 to its bits/dim to compare
+with the literature's, see metrics.bits_per_dim).
 """
 
 import argparse
