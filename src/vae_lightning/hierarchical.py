@@ -105,6 +105,13 @@ class Hierarchy(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.top_state = nn.Parameter(torch.zeros(state_shape))
 
+    def compile_networks(self) -> None:
+        """torch.compile, in place, every network the passes call (the passes themselves are
+        Python loops over the layers, which the networks' compiled graphs leave out)."""
+        layer_parts = [part for layer in self.layers for part in layer.children()]
+        for network in (self.bottom_up, self.output, *layer_parts):
+            network.compile()
+
     def descend(
         self, n: int, choose: Choice, features: list[torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, list[Step]]:

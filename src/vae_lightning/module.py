@@ -127,10 +127,11 @@ class VAE(
         if channels_last:
             self.to(memory_format=torch.channels_last)
         if compile:  # in place: the state_dict keys stay those of the plain modules
-            for network_part in (
-                (self.hierarchy,) if self.hierarchy else (self.encoder, self.decoder)
-            ):
-                network_part.compile()
+            if self.hierarchy is not None:
+                self.hierarchy.compile_networks()
+            else:
+                self.encoder.compile()
+                self.decoder.compile()
 
     @classmethod
     def _from_pretrained(cls, *, strict: bool = True, **kwargs: Any) -> "VAE":
