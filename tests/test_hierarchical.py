@@ -448,3 +448,16 @@ def test_train_eval_and_sample_scripts_on_a_two_layer_model(tmp_path):
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
     assert (samples / "prior.png").is_file() and (samples / "traverse_000.png").is_file()
+
+    # resuming into another hierarchy is refused in one line naming the key
+    from vae_lightning.cli import train
+
+    again = make_config(
+        tmp_path / "again", "model=hierarchical", "model.n_layers=3", "model.hidden_dims=[4,8]",
+        f"ckpt_path={best}",
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        train(again)
+    assert str(error.value) == (
+        f"model.n_layers=3 is not allowed: the checkpoint {best} has model.n_layers=2"
+    )
