@@ -67,6 +67,24 @@ def run(script: str, *args: str) -> None:
         sys.exit(f"{script} {' '.join(args)} failed with exit status {result.returncode}")
 
 
+def evaluate(ckpt: Path, eval_dir: Path, k: int, batches: int) -> dict:
+    """`python eval.py` of a checkpoint with k importance samples on the first `batches` test
+    batches, into eval_dir; its metrics.json (the per-image NLL beside it)."""
+    run(
+        "eval.py", f"ckpt_path={ckpt}", f"eval.iwae_k={k}", f"eval.limit_test_batches={batches}",
+        f"hydra.run.dir={eval_dir}",
+    )  # fmt: skip
+    return json.loads((eval_dir / "metrics.json").read_text())
+
+
+def nll_difference(eval_dir: Path, baseline_dir: Path) -> tuple[float, float]:
+    """The mean test NLL difference (eval_dir's minus baseline_dir's), image by image on the
+    same test images, and the standard error of that mean (far below the rows' own errors,
+    which mostly measure how the images differ)."""
+    difference = torch.load(eval_dir / PER_IMAGE_NLL) - torch.load(baseline_dir / PER_IMAGE_NLL)
+    return difference.mean().item(), difference.std().item() / math.sqrt(len(difference))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
@@ -100,11 +118,7 @@ def main() -> None:
                 *args.overrides, f"hydra.run.dir={run_dir}",
             )  # fmt: skip
         trained = json.loads((run_dir / "metrics.json").read_text())
-        run(
-            "eval.py", f"ckpt_path={trained['best_checkpoint']}", f"eval.iwae_k={args.k}",
-            f"eval.limit_test_batches={batches}", f"hydra.run.dir={eval_dir}",
-        )  # fmt: skip
-        evaluated = json.loads((eval_dir / "metrics.json").read_text())
+        evaluated = evaluate(trained["best_checkpoint"], eval_dir, args.k, batches)
         lines.append(
             f"| {title} | {evaluated['test/iwae_nll']:.2f} ± {evaluated['test/iwae_nll_sem']:.2f} "
             f"| {-evaluated['test/elbo']:.2f} | "
@@ -118,20 +132,12 @@ def main() -> None:
 
 
 def paired_differences(out: Path, rows: list[str]) -> list[str]:
-    """Each pair's test NLL difference, image by image on the same test images: its mean and
-    the standard error of that mean (far below the rows' own errors, which mostly measure how
-    the images differ)."""
+    """Each pair's test NLL difference, image by image on the same test images (nll_difference)."""
     lines = ["", "| change | NLL difference (nats) |", "|---|---|"]
     for row, baseline in PAIRS:
         if row in rows and baseline in rows:
-            nll = {
-                name: torch.load(out / f"{name}-eval" / PER_IMAGE_NLL) for name in (row, baseline)
-            }
-            difference = nll[row] - nll[baseline]
-            error = difference.std().item() / math.sqrt(len(difference))
-            lines.append(
-                f"| {ROWS[row][0]} − {ROWS[baseline][0]} | {difference.mean():+.2f} ± {error:.2f} |"
-            )
+            mean, error = nll_difference(out / f"{row}-eval", out / f"{baseline}-eval")
+            lines.append(f"| {ROWS[row][0]} − {ROWS[baseline][0]} | {mean:+.2f} ± {error:.2f} |")
     return lines
 
 

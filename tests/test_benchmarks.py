@@ -1,6 +1,10 @@
 """The benchmark scripts stay runnable: each at a tiny size, as a user would start it."""
 
+import json
+
 import pytest
+import torch
+from PIL import Image
 
 from tests.helpers import FASHION_MNIST_SUBSET, run_script
 
@@ -26,3 +30,27 @@ def test_likelihood_table_script_trains_evaluates_and_compares_its_rows(tmp_path
     mean, error = (float(part) for part in difference.split("|")[2].split("±"))
     assert abs(mean) < 50 and error > 0
     assert (tmp_path / "vamp-eval" / "iwae_nll_per_image.pt").is_file()
+
+
+def test_hierarchical_cifar10_gpu_command_runs_on_cpu_at_a_tiny_size(tmp_path):
+    """The GPU command, with the CPU, a folder of 3-channel 32x32 images (CIFAR-10's shape) and a
+    tiny model in place of the GPU, CIFAR-10 and the full model (bf16 kept: Lightning autocasts
+    on the CPU too)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pixels = torch.randint(
+        0, 256, (96, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    for index, image in enumerate(pixels.numpy()):
+        Image.fromarray(image).save(folder / f"{index:03d}.png")
+    result = run_script(
+        "benchmarks/hierarchical_cifar10.py", "--out", str(tmp_path / "run"), "data=folder",
+        f"data.root={folder}", "data.channels=3", "data.batch_size=32", "trainer=cpu",
+        "trainer.max_epochs=2", "model.hidden_dims=[4,8]", "model.latent_dims=[2,2,2,2]",
+        "eval.iwae_k=2", "callbacks.pictures=null", f"data.cache_dir={tmp_path / 'cache'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (per_epoch,) = [line for line in result.stdout.splitlines() if line.startswith("seconds per")]
+    assert len(per_epoch.split(":")[1].split(",")) == 2  # both epochs timed
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["test/kl_per_layer"]) == 4

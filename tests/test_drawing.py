@@ -63,7 +63,12 @@ def test_reconstruction_and_sample_grids_have_eight_images_to_a_row():
     assert grid.shape == (3, side(2), side(8))
     torch.testing.assert_close(cell(grid, 1, 0), IMAGES[4, 0])
     torch.testing.assert_close(cell(grid, 1, 1), MODEL.reconstruct(IMAGES[4:5])[0, 0])
-    assert sample_grid(MODEL, torch.randn(17, 3)).shape == (3, side(3), side(8))
+    samples = sample_grid(MODEL, 17, torch.Generator().manual_seed(0))
+    assert samples.shape == (3, side(3), side(8))
+    z = torch.randn(17, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(cell(samples, 2, 0), MODEL.decode(z[16:])[0, 0])
+    cooled = sample_grid(MODEL, 17, torch.Generator().manual_seed(0), temperature=0.5)
+    torch.testing.assert_close(cell(cooled, 2, 0), MODEL.decode(0.5 * z[16:])[0, 0])
 
 
 def test_principal_components_find_the_widest_directions():
@@ -92,3 +97,10 @@ def test_latent_map_draws_one_panel_per_label_column(latent_dim, labels, names):
 def test_kl_figure_is_an_rgb_image():
     image = rendered(kl_figure(torch.tensor([0.1, 2.0, 0.0, 1.0])))
     assert image.shape == (3, 300, 400) and image.min() < 0.5
+
+
+def test_kl_figure_of_layers_draws_one_bar_per_dimension_of_every_layer():
+    one = rendered(kl_figure(torch.tensor([0.1, 2.0, 0.0, 1.0])))
+    layers = rendered(kl_figure([torch.tensor([0.1, 2.0]), torch.tensor([0.0, 1.0])]))
+    assert layers.shape == one.shape  # four bars either way
+    assert not torch.equal(layers, one)  # the layers in their own colours and names

@@ -146,20 +146,28 @@ class ImageGrids(EpochImages):
     """`reconstructions`: validation images (training images when there is no validation split)
     in odd columns, their reconstructions beside them;
     `samples`: decodings of `n_samples` prior draws, the same draws at every epoch (the prior's
-    sampler run from one seed each time), so epochs compare."""
+    sampler run from one seed each time), so epochs compare; at `temperature` (model.sample)."""
 
-    def __init__(self, every_n_epochs: int = 1, n_images: int = 32, n_samples: int = 64, seed=0):
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        n_images: int = 32,
+        n_samples: int = 64,
+        seed=0,
+        temperature: float = 1.0,
+    ):
         super().__init__(every_n_epochs)
         self.n_images, self.n_samples, self.seed = n_images, n_samples, seed
+        self.temperature = temperature
 
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
         datamodule = trainer.datamodule
         split = "val" if len(datamodule.split("val")) else "train"  # no val split: val_fraction=0
         images, _ = datamodule.examples(split, self.n_images)
-        z = model.prior.sample(self.n_samples, torch.Generator().manual_seed(self.seed))
+        generator = torch.Generator(model.device).manual_seed(self.seed)
         return {
             "reconstructions": reconstruction_grid(model, images.to(model.device)),
-            "samples": sample_grid(model, z),
+            "samples": sample_grid(model, self.n_samples, generator, self.temperature),
         }
 
 
@@ -211,8 +219,8 @@ class LatentMap(EpochImages):
 
 
 class KLPerDimension(EpochImages):
-    """`kl_per_dim`: a bar chart of the KL of each latent dimension over `n_images` test images;
-    dimensions near 0 nats are unused."""
+    """`kl_per_dim`: a bar chart of the KL of each latent dimension over `n_images` test images,
+    each stochastic layer of a hierarchy in its own colour; dimensions near 0 nats are unused."""
 
     def __init__(self, every_n_epochs: int = 1, n_images: int = 1000):
         super().__init__(every_n_epochs)
@@ -220,8 +228,8 @@ class KLPerDimension(EpochImages):
 
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
         images, _ = trainer.datamodule.examples("test", self.n_images)
-        kl = model.kl_per_dim(images.to(model.device)).mean(dim=0)
-        return {"kl_per_dim": rendered(kl_figure(kl))}
+        kls = model.kl_per_dim_by_layer(images.to(model.device))
+        return {"kl_per_dim": rendered(kl_figure([kl.mean(dim=0) for kl in kls]))}
 
 
 # --- console -------------------------------------------------------------------------------------

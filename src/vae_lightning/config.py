@@ -66,6 +66,15 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.channels_last", lambda v: isinstance(v, bool), "true or false"),
     ("model.prior", lambda v: v in PRIORS, f"one of {', '.join(PRIORS)}"),
     ("model.n_pseudo_inputs", _positive_int, "a positive integer, e.g. 500"),
+    ("model.n_layers", _positive_int, "a positive integer of stochastic layers, e.g. 3"),
+    (
+        "model.latent_dims",
+        _positive_ints,
+        "a list of positive integers, one per layer, e.g. [8,16]",
+    ),
+    ("model.layer_channels", _positive_ints, "a list of positive integers, one per layer"),
+    ("model.logvar_bound", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. 10"),
+    ("model.grad_skip_threshold", _non_negative, "a number >= 0 (0: off), e.g. 400"),
     ("model.objective.k", _positive_int, "a positive integer of samples, e.g. 5"),
     ("model.objective.estimator", lambda v: v in ESTIMATORS, f"one of {', '.join(ESTIMATORS)}"),
     *(
@@ -124,11 +133,47 @@ SAMPLE_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("n", _positive_int, "a positive integer, e.g. n=64"),
     ("steps", lambda v: _is_int(v) and v >= 2, "an integer >= 2, e.g. steps=9"),
     ("span", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. span=3"),
+    ("temperature", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. temperature=0.7"),
 ]
 
 
 # (key, test of the whole config, what is allowed): values that only work together.
+def _per_layer(key: str) -> Callable[[DictConfig], bool]:
+    def fits(cfg: DictConfig) -> bool:
+        value = cfg.model.get(key)
+        return value is None or len(value) == cfg.model.get("n_layers", 1)
+
+    return fits
+
+
+# The objectives that read a single layer's posterior (mu, logvar, z) or its KL's decomposition.
+SINGLE_LAYER_OBJECTIVES = ("BetaTC", "FactorVAE", "DIPVAE")
+
+
+def _hierarchical(cfg: DictConfig) -> bool:
+    return cfg.model.get("network") == "hierarchical"
+
+
 COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
+    *(
+        (f"model.{key}", _per_layer(key), "one value per layer (model.n_layers of them), or null")
+        for key in ("latent_dims", "layer_channels")
+    ),
+    (
+        "model.objective",
+        lambda cfg: (
+            not _hierarchical(cfg)
+            or not str(OmegaConf.select(cfg, "model.objective._target_")).endswith(
+                SINGLE_LAYER_OBJECTIVES
+            )
+        ),
+        "elbo, iwae or capacity with model=hierarchical: the others read one layer's posterior",
+    ),
+    (
+        "model.prior",
+        lambda cfg: not _hierarchical(cfg) or cfg.model.get("prior") == "standard",
+        "standard with model=hierarchical: the top layer's prior is N(0, I)",
+    ),
     (
         "model.free_bits",
         lambda cfg: not cfg.model.get("free_bits") or cfg.model.get("prior") == "standard",
@@ -164,7 +209,7 @@ def check_config(
 
 def check_image_shape(cfg: DictConfig, image_shape: tuple[int, int, int]) -> None:
     """The conv network halves the image once per hidden layer: the size must allow it."""
-    if cfg.model.network != "conv":
+    if cfg.model.network not in ("conv", "hierarchical"):
         return
     try:
         conv_downsampling(image_shape, len(cfg.model.hidden_dims))

@@ -23,9 +23,14 @@ def reconstruction_grid(model: torch.nn.Module, images: torch.Tensor) -> torch.T
     return grid(side_by_side, nrow=8)
 
 
-def sample_grid(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Decodings of latent points z (N, latent_dim), 8 to a row."""
-    return grid(model.decode(z), nrow=8)
+def sample_grid(
+    model: torch.nn.Module,
+    n: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """n samples of the model (`model.sample`) at `temperature`, 8 to a row."""
+    return grid(model.sample(n, generator, temperature), nrow=8)
 
 
 def traversal_grid(
@@ -77,15 +82,26 @@ def rendered(figure: Figure) -> torch.Tensor:
     return rgba[..., :3].permute(2, 0, 1).float() / 255
 
 
-def kl_figure(kl: torch.Tensor) -> Figure:
-    """Bars of the KL of each latent dimension, largest first (the row order of the traversals)."""
-    kl = kl.cpu()
-    order = kl.argsort(descending=True).tolist()
-    figure, (axes,) = new_figure(max(4.0, 1.5 + 0.3 * len(kl)), 3.0)
-    axes.bar(range(len(kl)), kl[order].tolist(), color="tab:blue")
-    axes.set_xticks(range(len(kl)), [f"z{d}" for d in order], rotation=90 if len(kl) > 16 else 0)
+def kl_figure(kl: torch.Tensor | Sequence[torch.Tensor]) -> Figure:
+    """Bars of the KL of each latent dimension, largest first (the row order of the traversals);
+    given one tensor per stochastic layer (bottom first), the layers stand apart, top layer
+    first, each in its colour and sorted within itself, its dimensions named l<layer>.z<d>."""
+    layers = [kl] if isinstance(kl, torch.Tensor) else list(kl)
+    heights, names, colours = [], [], []
+    for layer in reversed(range(len(layers))):
+        values = layers[layer].cpu()
+        order = values.argsort(descending=True).tolist()
+        heights += values[order].tolist()
+        prefix = f"l{layer + 1}." if len(layers) > 1 else ""
+        names += [f"{prefix}z{d}" for d in order]
+        colours += [f"C{layer % 10}"] * len(order)
+    figure, (axes,) = new_figure(max(4.0, 1.5 + 0.3 * len(heights)), 3.0)
+    axes.bar(range(len(heights)), heights, color=colours)
+    axes.set_xticks(range(len(heights)), names, rotation=90 if len(heights) > 16 else 0)
     axes.set_ylabel("KL (nats)")
-    axes.set_title(f"KL per latent dimension, total {kl.sum():.2f} nats")
+    per_layer = ", ".join(f"layer {i + 1}: {v.sum():.2f}" for i, v in enumerate(layers))
+    extra = f" ({per_layer})" if len(layers) > 1 else ""
+    axes.set_title(f"KL per latent dimension, total {sum(heights):.2f} nats{extra}")
     return figure
 
 

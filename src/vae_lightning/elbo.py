@@ -18,9 +18,23 @@ LOG_2PI = math.log(2 * math.pi)
 PIXEL_DIMS = (-3, -2, -1)
 
 
-def gaussian_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu_d, sigma_d^2) || N(0, 1)) = -1/2 (1 + log sigma_d^2 - sigma_d^2 - mu_d^2) each."""
-    return -0.5 * (1 + logvar - logvar.exp() - mu.pow(2))
+def gaussian_kl_per_dim(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    prior_mu: torch.Tensor | None = None,
+    prior_logvar: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """KL(N(mu_d, sigma_d^2) || N(0, 1)) = -1/2 (1 + log sigma_d^2 - sigma_d^2 - mu_d^2) each;
+    with a prior N(m_d, s_d^2) given (the hierarchy's p(z_l | z_>l)), elementwise
+
+        KL = 1/2 (log s_d^2 - log sigma_d^2 + (sigma_d^2 + (mu_d - m_d)^2) / s_d^2 - 1).
+    """
+    if prior_mu is None:
+        return -0.5 * (1 + logvar - logvar.exp() - mu.pow(2))
+    prior_precision = (-prior_logvar).exp()
+    return 0.5 * (
+        prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) * prior_precision - 1
+    )
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -119,7 +133,8 @@ class ELBOTerms(NamedTuple):
 
     kl_per_dim (batch, latent_dim), when given, sums to kl; free bits need it. mu and logvar
     (batch, latent_dim) are the posterior's and z (batch, latent_dim) the sample that recon was
-    computed at, for objectives that regularise the posterior or its samples.
+    computed at, for objectives that regularise the posterior or its samples. A hierarchical
+    model gives kl_per_layer (batch, layers) instead of mu, logvar and z; it sums to kl.
     """
 
     recon: torch.Tensor
@@ -128,6 +143,7 @@ class ELBOTerms(NamedTuple):
     mu: torch.Tensor | None = None
     logvar: torch.Tensor | None = None
     z: torch.Tensor | None = None
+    kl_per_layer: torch.Tensor | None = None
 
     @property
     def elbo(self) -> torch.Tensor:
@@ -138,11 +154,13 @@ class ELBOTerms(NamedTuple):
 
         With free_bits = lambda > 0 the KL term is sum_d max(lambda, mean over the batch of KL_d)
         (Kingma et al. 2016): a dimension that carries less than lambda nats is not pushed further
-        towards the prior, which keeps it from collapsing. This changes the loss only, never the
-        ELBO.
+        towards the prior, which keeps it from collapsing. With kl_per_layer the floor is per
+        layer, sum_l max(lambda, mean KL_l), as IAF's free bits per group of latents (ibid.).
+        This changes the loss only, never the ELBO.
         """
         if free_bits > 0:
-            kl_term = self.kl_per_dim.mean(dim=0).clamp(min=free_bits).sum()
+            groups = self.kl_per_dim if self.kl_per_layer is None else self.kl_per_layer
+            kl_term = groups.mean(dim=0).clamp(min=free_bits).sum()
         else:
             kl_term = self.kl.mean()
         return self.recon.mean() + beta * kl_term

@@ -55,7 +55,9 @@ def evaluate_model(
     per_image_path: Path | None = None,
 ) -> dict[str, Any]:
     """test/iwae_nll (nats/image) and its standard error over the images, test/iwae_bpd,
-    test/kl_per_dim, test/active_units, the number of test/images they are computed on and,
+    test/kl_per_dim, test/active_units, the number of test/images they are computed on, for a
+    hierarchical model test/kl_per_layer (the ELBO's KL of each layer, bottom first, at one
+    posterior draw), test/active_units_per_layer and test/kl_per_dim over all layers, and,
     when the data's labels are factors of variation, the disentanglement metrics that
     `disentanglement` (conf/disentanglement/) names, as test/<metric>; all on the test split (its
     first `max_batches` batches: the Trainer's limit_test_batches, so a smoke run stays short).
@@ -68,7 +70,8 @@ def evaluate_model(
     model.to(device).eval()
     datamodule.setup("test")
     loader = datamodule.test_dataloader()
-    iwae, mus, kls, labels = [], [], [], []
+    iwae, mus, kls, labels, layer_mus, layer_kls = [], [], [], [], [], []
+    hierarchical = model.hierarchy is not None
     # Progress in images, advanced by each chunk of draws (a batch's k draws may take minutes):
     # plain numbers, no tensor is read back from the device for it.
     with Progress(f"IWAE bound (k={iwae_k})", _images_in(loader, max_batches), "images") as bar:
@@ -85,14 +88,18 @@ def evaluate_model(
 
             iwae.append(iwae_bound(draws, iwae_k, len(images), max_rows))
             mus.append(model.encode(images)[0])
-            kls.append(model.kl_per_dim(images))
             labels.append(batch_labels)
+            layer_mus.append(model.posterior_means_by_layer(images))
+            kls.append(torch.cat(model.kl_per_dim_by_layer(images), dim=1))
+            if hierarchical:
+                layer_kls.append(model.elbo_terms(images).kl_per_layer)
     bounds = torch.cat(iwae)
     nll = -bounds.mean().item()
     if per_image_path is not None:
         per_image_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(-bounds.cpu(), per_image_path)
     mu = torch.cat(mus).cpu()
+    units = [active_units(torch.cat(layer).cpu()) for layer in zip(*layer_mus, strict=True)]
     metrics: dict[str, Any] = {
         "test/iwae_nll": nll,
         # the standard error of that mean over the images (not of the bound's own bias)
@@ -100,9 +107,13 @@ def evaluate_model(
         "test/iwae_bpd": bits_per_dim(nll, math.prod(images.shape[1:])),
         "test/iwae_k": iwae_k,
         "test/images": len(mu),
-        "test/active_units": active_units(mu),
+        "test/active_units": sum(units),
         "test/kl_per_dim": [round(v, 4) for v in torch.cat(kls).mean(dim=0).tolist()],
     }
+    if hierarchical:
+        kl_per_layer = torch.cat(layer_kls).mean(dim=0).tolist()
+        metrics["test/kl_per_layer"] = [round(v, 4) for v in kl_per_layer]
+        metrics["test/active_units_per_layer"] = units
     if getattr(datamodule, "labels_are_factors", False):
         settings = dict(disentanglement or {"metrics": ["mig"]})
         names = settings.pop("metrics")

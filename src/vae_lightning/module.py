@@ -7,7 +7,14 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from hydra.utils import instantiate
 
-from vae_lightning.elbo import ELBOTerms, build_likelihood, log_importance_weights, reparameterize
+from vae_lightning.elbo import (
+    ELBOTerms,
+    build_likelihood,
+    gaussian_kl_per_dim,
+    log_importance_weights,
+    reparameterize,
+)
+from vae_lightning.hierarchical import build_hierarchy, per_channel
 from vae_lightning.networks import build_networks
 from vae_lightning.objectives import ELBO, ObjectiveOutput, TrainingState
 from vae_lightning.priors import build_prior
@@ -45,6 +52,20 @@ class VAE(
     reported ELBO use beta and no free bits): `kl_warmup` ramps the KL weight linearly from 0 to
     beta over that many `kl_warmup_unit` ("steps" or "epochs"); `free_bits` is a floor of that
     many nats per latent dimension on the KL term (see ELBOTerms.loss).
+
+    `network="hierarchical"` is the hierarchical VAE of hierarchical.py: `n_layers` stochastic
+    layers of `latent_dims` (bottom first; None: latent_dim each) with `layer_channels` of state
+    (None: hidden_dims[-1] each), log sigma^2 softly bounded to +-`logvar_bound`. Its KL warm-up
+    weighs every layer's KL, its free bits are nats per layer. The public API is the same:
+    `encode(x)` is the top layer's posterior q(z_L|x), `decode(z)` the top-down pass from
+    z_L = z with every layer below at its prior mean, `reconstruct(x)` every layer at its
+    posterior mean, `sample(n, temperature=t)` ancestral draws with each prior's sd times t,
+    `kl_per_dim(x)` the top layer's, and `kl_per_dim_by_layer(x)` / `posterior_means_by_layer(x)`
+    every layer's (along the posterior means).
+
+    `grad_skip_threshold` > 0 skips outlier updates as VDVAE does (Child 2021): a step whose
+    gradient norm exceeds it, or is not finite, has its gradients zeroed (see
+    on_before_optimizer_step); for either kind of network.
     """
 
     def __init__(
@@ -68,17 +89,36 @@ class VAE(
         scheduler: dict[str, Any] | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        n_layers: int = 1,
+        latent_dims: tuple[int, ...] | None = None,
+        layer_channels: tuple[int, ...] | None = None,
+        logvar_bound: float = 10.0,
+        grad_skip_threshold: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.image_shape = tuple(image_shape)
-        self.encoder, self.decoder = build_networks(
-            network, self.image_shape, latent_dim, list(hidden_dims), dense_dim
-        )
+        self.hierarchy = None
+        if network == "hierarchical":
+            latent_dims = list(latent_dims or [latent_dim] * n_layers)
+            self.hierarchy = build_hierarchy(
+                self.image_shape,
+                latent_dims,
+                list(layer_channels or [hidden_dims[-1]] * n_layers),
+                list(hidden_dims),
+                logvar_bound,
+            )
+            latent_dim = latent_dims[-1]  # the top layer's: encode, decode and the prior's
+        else:
+            self.encoder, self.decoder = build_networks(
+                network, self.image_shape, latent_dim, list(hidden_dims), dense_dim
+            )
         self.likelihood = build_likelihood(
             likelihood, gaussian_sigma, self.image_shape[0], gaussian_sigma_per
         )
         self.prior = build_prior(prior, self.encode, self.image_shape, latent_dim, n_pseudo_inputs)
+        # Updates skipped by grad_skip_threshold, counted on the device: no host sync per step.
+        self.register_buffer("skipped_updates", torch.zeros((), dtype=torch.long), persistent=False)
         self.objective = instantiate(objective) if objective else ELBO()
         self.beta = beta
         self.dataset_size = 1  # of the training data, known once the trainer sets up
@@ -87,8 +127,11 @@ class VAE(
         if channels_last:
             self.to(memory_format=torch.channels_last)
         if compile:  # in place: the state_dict keys stay those of the plain modules
-            self.encoder.compile()
-            self.decoder.compile()
+            if self.hierarchy is not None:
+                self.hierarchy.compile_networks()
+            else:
+                self.encoder.compile()
+                self.decoder.compile()
 
     @classmethod
     def _from_pretrained(cls, *, strict: bool = True, **kwargs: Any) -> "VAE":
@@ -100,16 +143,27 @@ class VAE(
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu and log sigma^2 of q(z|x), each (batch, latent_dim)."""
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._in_memory_format(x)
+        if self.hierarchy is not None:
+            return self.hierarchy.encode(x)
         return self.encoder(x)
+
+    def _in_memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The mean of p(x|z): images (batch, C, H, W) in [0, 1]."""
+        if self.hierarchy is not None:
+            return self.likelihood.mean(self.hierarchy.decode(z))
         return self.likelihood.mean(self.decoder(z))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of p(x|z) at z = E_q[z]: the deterministic reconstruction shown in grids."""
+        if self.hierarchy is not None:
+            x = self._in_memory_format(x)
+            return self.likelihood.mean(self.hierarchy.posterior_path(x)[0])
         return self.decode(self.encode(x)[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,12 +171,22 @@ class VAE(
         summary each layer's FLOPs and input and output sizes (not a column of zeros)."""
         return self.reconstruct(x)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decodings of n draws from the prior; the same generator state gives the same draws."""
-        return self.decode(self.prior.sample(n, generator))
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Decodings of n draws from the prior; the same generator state gives the same draws.
+        A temperature below 1 scales the prior's draws (every layer's, in a hierarchy) towards
+        their means: fewer, cleaner modes (NVAE and VDVAE show samples at 0.6 to 0.9)."""
+        if self.hierarchy is not None:
+            return self.likelihood.mean(self.hierarchy.sample(n, generator, temperature))
+        z = self.prior.sample(n, generator)
+        return self.decode(z if temperature == 1 else temperature * z)
 
     def elbo_terms(self, x: torch.Tensor) -> ELBOTerms:
-        """recon = -log p(x|z) at one z ~ q(z|x) and KL(q(z|x) || p(z)), per image."""
+        """recon = -log p(x|z) at one z ~ q(z|x) and KL(q(z|x) || p(z)), per image (for a
+        hierarchy: the sum of the layers' KLs, and each layer's in kl_per_layer)."""
+        if self.hierarchy is not None:
+            return self.hierarchy.elbo_terms(self._in_memory_format(x), self.likelihood)
         mu, logvar = self.encode(x)
         z = reparameterize(mu, logvar)
         if self.prior.analytic_kl:
@@ -137,7 +201,12 @@ class VAE(
     def log_importance_weights(
         self, x: torch.Tensor, k: int, stop_posterior_grad: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """log p(x, z_i) - log q(z_i|x) for k draws z_i ~ q(z|x) per image (k, batch), and z."""
+        """log p(x, z_i) - log q(z_i|x) for k draws z_i ~ q(z|x) per image (k, batch), and z (of
+        a hierarchy: every layer's draws, flattened and concatenated)."""
+        if self.hierarchy is not None:
+            return self.hierarchy.log_importance_weights(
+                self._in_memory_format(x), k, self.likelihood, stop_posterior_grad
+            )
         mu, logvar = self.encode(x)
         return log_importance_weights(
             self.likelihood,
@@ -162,6 +231,23 @@ class VAE(
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             z = mu + eps * (0.5 * logvar).exp()
         return self.prior.kl_per_dim(mu, logvar, z)
+
+    def kl_per_dim_by_layer(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each stochastic layer's KL per latent dimension (batch, latent_dims[l]), bottom first;
+        a map layer's dimension is a channel, its KL summed over the positions. In a hierarchy,
+        along the posterior means (z_>l at E_q), so the numbers are deterministic."""
+        if self.hierarchy is None:
+            return [self.kl_per_dim(x)]
+        _, steps = self.hierarchy.posterior_path(self._in_memory_format(x))
+        return [per_channel(gaussian_kl_per_dim(*s.posterior, *s.prior)) for s in steps]
+
+    def posterior_means_by_layer(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's posterior mean E_q[z_l], flattened (batch, units of layer l), bottom first
+        (along the posterior means): what active units count."""
+        if self.hierarchy is None:
+            return [self.encode(x)[0]]
+        _, steps = self.hierarchy.posterior_path(self._in_memory_format(x))
+        return [step.z.flatten(1) for step in steps]
 
     # --- training ----------------------------------------------------------------------------
 
@@ -199,12 +285,19 @@ class VAE(
                 f"{stage}/kl": terms.kl.mean(),
                 f"{stage}/elbo": terms.elbo.mean(),
             }
+            if terms.kl_per_layer is not None:
+                kl_per_layer = terms.kl_per_layer.mean(dim=0)
+                logged |= {
+                    f"{stage}/kl_layer{layer}": kl for layer, kl in enumerate(kl_per_layer, 1)
+                }
         logged |= {f"{stage}/{name}": value for name, value in out.logged.items()}
         if stage == "train":
             if self.hparams.kl_warmup > 0:  # otherwise beta is a constant, in the hparams
                 logged["train/beta"] = state.kl_weight
             if hasattr(self.likelihood, "sigma"):
                 logged["train/gaussian_sigma"] = self.likelihood.sigma.detach().mean()
+            if self.hparams.grad_skip_threshold > 0:
+                logged["train/skipped_updates"] = self.skipped_updates.float()
         # Logged as tensors: Lightning reduces them on its own schedule, with no host sync here.
         self.log_dict(
             logged,
@@ -243,6 +336,28 @@ class VAE(
 
     def test_step(self, batch, batch_idx):
         return self._step(batch, "test", self._training_state(self.beta))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip an outlier update (VDVAE, Child 2021: "skip updates whose gradient norm is
+        above a threshold"): with a gradient norm above grad_skip_threshold, or not finite,
+        every gradient is zeroed before the optimiser sees it (and before Lightning's gradient
+        clipping), so the outlier never enters Adam's moments, whose second moment it would
+        inflate for thousands of steps. Adam still applies its momentum that step.
+
+        No host sync: the test, the zeroing and the count all stay on the device. VDVAE reads the
+        norm back each step to skip optimizer.step() itself; that sync would cost a small model
+        on CPU little, but a GPU run its overlap of host and device, every step."""
+        threshold = self.hparams.grad_skip_threshold
+        if threshold <= 0:
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads)
+        skip = ~(norm <= threshold)  # a NaN norm compares False: skipped too
+        for grad in grads:
+            grad.masked_fill_(skip, 0.0)
+        self.skipped_updates += skip
 
     def configure_optimizers(self) -> Any:
         """The optimiser over the model's parameters (the objective's own networks, if any, in

@@ -10,7 +10,8 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-NETWORKS = ("mlp", "conv")
+# "hierarchical" is the VAE of hierarchical.py, built there
+NETWORKS = ("mlp", "conv", "hierarchical")
 
 # log sigma^2 outside [-30, 20] means sigma below 3e-7 or above 2e4: no useful posterior lives
 # there, and exp() of it is where overflow and NaN gradients start.

@@ -15,7 +15,10 @@ from vae_lightning.module import VAE
 log = logging.getLogger(__name__)
 
 # The model hyperparameters that fix the shapes of the weights in a checkpoint.
-SHAPE_HPARAMS = ("network", "latent_dim", "hidden_dims", "dense_dim", "prior", "n_pseudo_inputs")
+SHAPE_HPARAMS = (
+    *("network", "latent_dim", "hidden_dims", "dense_dim", "prior", "n_pseudo_inputs"),
+    *("n_layers", "latent_dims", "layer_channels"),  # of the hierarchical network
+)
 
 
 def run_dir_of(ckpt_path: str | Path) -> Path:
@@ -112,9 +115,11 @@ def checkpoint_to_resume(cfg: DictConfig, image_shape: tuple[int, int, int]) -> 
             ckpt_path, hparams = str(intact[0]), intact[1]
     if hparams is None:
         raise ConfigError("ckpt_path", ckpt_path, f"not a checkpoint; {allowed}")
+    hierarchical = cfg.model.network == "hierarchical"
     unused = {
         "dense_dim": cfg.model.network != "conv",
         "n_pseudo_inputs": cfg.model.prior != "vamp",
+        **dict.fromkeys(("n_layers", "latent_dims", "layer_channels"), not hierarchical),
     }
     keys = [key for key in SHAPE_HPARAMS if not unused.get(key)]
     configured = {f"model.{key}": cfg.model.get(key) for key in keys}

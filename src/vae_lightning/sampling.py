@@ -29,7 +29,7 @@ N_KL_IMAGES = 500
 def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
     """The grids of one mode, by file name (without .png)."""
     if cfg.mode == "prior":
-        return {"prior": sample_grid(model, model.prior.sample(cfg.n))}
+        return {"prior": sample_grid(model, cfg.n, temperature=cfg.temperature)}
     datamodule = instantiate(run_data_config(cfg.ckpt_path, f"mode={cfg.mode}"))
     if cfg.mode == "reconstruct":
         return {"reconstruct": reconstruction_grid(model, datamodule.examples("test", cfg.n)[0])}
