@@ -26,3 +26,27 @@ def test_likelihood_table_script_trains_evaluates_and_compares_its_rows(tmp_path
     mean, error = (float(part) for part in difference.split("|")[2].split("±"))
     assert abs(mean) < 50 and error > 0
     assert (tmp_path / "vamp-eval" / "iwae_nll_per_image.pt").is_file()
+
+
+def test_process_speed_script_runs_the_three_programs_and_writes_its_table(tmp_path):
+    result = run_script(
+        "benchmarks/process_speed.py", "--rounds", "1", "--epochs", "2", "--workloads", "mlp",
+        "--out", str(tmp_path), "--set", f"data.root={FASHION_MNIST_SUBSET}",
+        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "model.hidden_dims=[32]",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "table.md").read_text()
+    assert table in result.stdout
+    (row,) = [line for line in table.splitlines() if line.startswith("| mlp | 1 |")]
+    order, *numbers = [cell.strip() for cell in row.split("|")[3:-1]]
+    assert sorted(order) == ["a", "b", "c"]
+    a, b, c, c_b, b_a, c_a = map(float, numbers)
+    assert min(a, b, c) > 0
+    # the ratios are of the unrounded speeds, the table shows whole images per second
+    assert (c_b, b_a, c_a) == pytest.approx((c / b, b / a, c / a), rel=0.02)
+    (summary,) = [line for line in table.splitlines() if line.startswith("| mlp | median")]
+    assert f"{c_b:.3f} ({c_b:.3f}-{c_b:.3f})" in summary  # one round: its ratio is the median
+    # each program trained and wrote its checkpoints where the benchmark put it
+    assert (tmp_path / "mlp-a-1" / "last.pt").is_file()
+    assert (tmp_path / "mlp-b-1" / "last.ckpt").is_file()
+    assert (tmp_path / "mlp-c-1" / "checkpoints" / "last.ckpt").is_file()
