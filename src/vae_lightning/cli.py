@@ -138,6 +138,7 @@ def test_metrics(
                 max_batches=sum(trainer.num_test_batches),
                 disentanglement=OmegaConf.to_container(eval_cfg.disentanglement),
                 per_image_path=output_dir / PER_IMAGE_NLL,
+                iwae_images=eval_cfg.get("iwae_images"),
             )
     return metrics
 
