@@ -1,6 +1,6 @@
 """Program (b) of process_speed.py: the same work as plain_vae.py under a bare Lightning Trainer.
 
-    python benchmarks/bare_lightning.py DATA.pt --epochs 3 --out DIR
+    python benchmarks/bare_lightning.py DATA.pt --epochs 3 --out DIR [--threads N]
 
 The same model, loss, optimiser and in-memory tensors as plain_vae.py, with Lightning's
 automatic optimisation: a LightningModule whose training_step returns the loss and whose
@@ -11,14 +11,12 @@ index batches (a tensor of indices per step, sliced from the float tensor: no pe
 It prints one line per epoch, `epoch N end T`, T being time.time() when the epoch has ended.
 """
 
-import argparse
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from plain_vae import build, load, loss_function
+from plain_vae import arguments, build, load, loss_function
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 
@@ -63,15 +61,11 @@ class BareVAE(L.LightningModule):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("data")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    torch.manual_seed(0)
+    args = arguments()
     data = load(args.data)
     trainer = L.Trainer(
         max_epochs=args.epochs,
+        limit_train_batches=args.limit_batches,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -1,7 +1,7 @@
 """Program (a) of process_speed.py: a VAE trained by a plain PyTorch loop, as pytorch/examples'
 VAE is, over an in-memory tensor.
 
-    python benchmarks/plain_vae.py DATA.pt --epochs 3 --out DIR
+    python benchmarks/plain_vae.py DATA.pt --epochs 3 --out DIR [--threads N]
 
 DATA.pt (written by process_speed.py) holds the training and validation images of the project's
 own split as uint8 tensors and the model's settings. Each epoch: one shuffle, batches sliced from
@@ -49,13 +49,23 @@ def loss_function(model: torch.nn.ModuleDict, x: torch.Tensor) -> torch.Tensor:
     return (kl - log_px).mean()
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
+    """The command line of (a) and (b)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--threads", type=int, help="PyTorch's threads; default: its own")
+    parser.add_argument("--limit-batches", type=int, help="training batches per epoch")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    return args
+
+
+def main() -> None:
+    args = arguments()
     data = load(args.data)
     train, val, batch_size = data["train"], data["val"], data["batch_size"]
     model = build(data)
@@ -65,7 +75,7 @@ def main() -> None:
     for epoch in range(1, args.epochs + 1):
         model.train()
         order = torch.randperm(len(train))
-        for first in range(0, len(train), batch_size):
+        for first in range(0, len(train), batch_size)[: args.limit_batches]:
             x = train[order[first : first + batch_size]]
             loss = loss_function(model, x)
             optimizer.zero_grad()

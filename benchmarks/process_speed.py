@@ -3,6 +3,7 @@
     python benchmarks/process_speed.py                      # 5 rounds, MLP and conv, 3 epochs
     python benchmarks/process_speed.py --rounds 7 --workloads conv
     python benchmarks/process_speed.py --set data.size=640 --epochs 2   # overrides for all
+    python benchmarks/process_speed.py --threads 1 --limit-batches 50  # a busy machine
 
 Three programs do the same work, each started as its own process:
 (a) benchmarks/plain_vae.py, a plain PyTorch loop over an in-memory tensor;
@@ -14,7 +15,9 @@ Three programs do the same work, each started as its own process:
 its validation split, a checkpoint of the best model by validation loss and last.ckpt. (a) and
 (b) read the project's own splits (written once to a file beforehand) and build the project's
 encoder and decoder, so (c)/(b) is what the project adds to Lightning and (b)/(a) Lightning's
-own share. All use PyTorch's default number of threads, as train.py does.
+own share. All use PyTorch's default number of threads, as train.py does, or `--threads`
+(train.py's `torch_threads`); `--limit-batches` ends each training epoch after that many batches
+(train.py's `trainer.limit_train_batches`).
 
 The workloads: `mlp`, train.py's `data=fashion_mnist model=mlp` (784-400-20, batch 128; the
 full Fashion-MNIST must be where data/fashion_mnist finds it), and `conv`, train.py's default
@@ -52,9 +55,9 @@ PROJECT_EPOCH = re.compile(r"^\[([\d-]+ [\d:]+,\d+)\]\[vae_lightning\.callbacks\
 PLAIN_EPOCH = re.compile(r"^epoch \d+ end ([\d.]+)$")
 
 
-def write_data(workload: str, overrides: list[str], path: Path) -> tuple[list[str], int]:
+def write_data(workload: str, overrides: list[str], path: Path) -> tuple[list[str], int, int]:
     """The project's training and validation split and model settings for (a) and (b), as train.py
-    composes them; its overrides, and the number of training images."""
+    composes them; its overrides, the number of training images and the batch size."""
     overrides = [*WORKLOADS[workload], *overrides]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", *overrides])
@@ -78,17 +81,30 @@ def write_data(workload: str, overrides: list[str], path: Path) -> tuple[list[st
         },
         path,
     )
-    return overrides, len(train)
+    return overrides, len(train), cfg.data.batch_size
 
 
-def command(program: str, data: Path, overrides: list[str], epochs: int, out: Path) -> list[str]:
+def command(program: str, data: Path, overrides: list[str], args, out: Path) -> list[str]:
     if program == "c":
-        return [
-            sys.executable, str(ROOT / "train.py"), *overrides, *PROJECT_SETTINGS,
-            f"trainer.max_epochs={epochs}", f"hydra.run.dir={out}",
-        ]  # fmt: skip
+        settings = [f"trainer.max_epochs={args.epochs}", f"hydra.run.dir={out}"]
+        if args.threads:
+            settings.append(f"torch_threads={args.threads}")
+        if args.limit_batches:
+            settings.append(f"trainer.limit_train_batches={args.limit_batches}")
+        return [sys.executable, str(ROOT / "train.py"), *overrides, *PROJECT_SETTINGS, *settings]
     script = {"a": "plain_vae.py", "b": "bare_lightning.py"}[program]
-    return [sys.executable, str(HERE / script), str(data), f"--epochs={epochs}", f"--out={out}"]
+    argv = [
+        sys.executable,
+        str(HERE / script),
+        str(data),
+        f"--epochs={args.epochs}",
+        f"--out={out}",
+    ]
+    if args.threads:
+        argv.append(f"--threads={args.threads}")
+    if args.limit_batches:
+        argv.append(f"--limit-batches={args.limit_batches}")
+    return argv
 
 
 def epoch_ends(program: str, output: str) -> list[float]:
@@ -101,12 +117,12 @@ def epoch_ends(program: str, output: str) -> list[float]:
     return [float(m.group(1)) for m in map(PLAIN_EPOCH.match, output.splitlines()) if m]
 
 
-def run(program: str, data: Path, overrides: list[str], epochs: int, out: Path) -> float:
+def run(program: str, data: Path, overrides: list[str], args, out: Path) -> float:
     """Run one program; its steady-state seconds per epoch (the median epoch-end to epoch-end)."""
-    argv = command(program, data, overrides, epochs, out)
+    argv = command(program, data, overrides, args, out)
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     ends = epoch_ends(program, done.stdout + done.stderr)
-    if done.returncode or len(ends) != epochs:
+    if done.returncode or len(ends) != args.epochs:
         sys.exit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return statistics.median(later - earlier for earlier, later in pairwise(ends))
 
@@ -123,6 +139,8 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], help="a train.py override for every program"
     )
+    parser.add_argument("--threads", type=int, help="PyTorch's threads in every program")
+    parser.add_argument("--limit-batches", type=int, help="training batches per epoch")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "process_speed")
     args = parser.parse_args()
     if args.epochs < 2:
@@ -142,11 +160,13 @@ def main() -> None:
     for round_ in range(1, args.rounds + 1):
         order = PROGRAMS[round_ % 3 :] + PROGRAMS[: round_ % 3]
         for workload in args.workloads:
-            data, overrides, n_train = prepared[workload]
+            data, overrides, n_train, batch_size = prepared[workload]
+            if args.limit_batches:
+                n_train = min(n_train, args.limit_batches * batch_size)
             speed = {}
             for program in order:
                 out = args.out / f"{workload}-{program}-{round_}"
-                speed[program] = n_train / run(program, data, overrides, args.epochs, out)
+                speed[program] = n_train / run(program, data, overrides, args, out)
             a, b, c = (speed[p] for p in PROGRAMS)
             for name, value in (("c/b", c / b), ("b/a", b / a), ("c/a", c / a)):
                 ratios[workload][name].append(value)
@@ -161,10 +181,11 @@ def main() -> None:
             f"| {workload} | median (range) | | | | | {summary(r['c/b'])} | {summary(r['b/a'])} "
             f"| {summary(r['c/a'])} |"
         )
+    limit = f" of {args.limit_batches} batches" if args.limit_batches else ""
     header = (
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.rounds} rounds of "
-        f"{args.epochs} epochs; overrides {' '.join(args.set) or 'none'}; torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads"
+        f"{args.epochs} epochs{limit}; overrides {' '.join(args.set) or 'none'}; torch "
+        f"{torch.__version__}, {args.threads or torch.get_num_threads()} threads"
     )
     table = "\n".join([header, "", *rows]) + "\n"
     (args.out / "table.md").write_text(table)

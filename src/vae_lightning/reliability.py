@@ -179,18 +179,18 @@ class NonFiniteGuard(L.Callback):
     `on_nonfinite=stop` (the default) ends the run with `NonFiniteLoss` naming the first step
     whose loss was not finite, and no checkpoint holds a state trained on it: `last.ckpt` is the
     last good state. It reads no loss on the host at the steps themselves: each step's loss is
-    copied into a buffer on the loss's device (one small copy, no sync), and the buffer is read
-    back only where it matters, before any checkpoint is written (`on_save_checkpoint`, every
-    save, whoever makes it), every `every_n_steps` steps, before validation and at the ends of
-    epochs and of training. The weights between a non-finite step and that check are
+    kept, detached, on its device (no sync), and the kept losses are read back together only
+    where it matters: before any checkpoint is written (`on_save_checkpoint`: every save,
+    whoever makes it), every `every_n_steps` steps, before validation and at the ends of epochs
+    and of training. The weights between a non-finite step and that check are
     discarded with the run. A per-step read would make the host wait for the device each step,
     so that the next step's Python cannot overlap the current step's kernels.
 
     `skip` logs a warning and drops the step's gradients, so the optimiser leaves the weights (and
     its moments) as they were. Whether the optimiser steps at all is decided on the host, so this
-    mode reads each step's loss (one host sync per step): doing it on the device instead would
-    copy the weights and the optimiser's moments every step, to restore them with torch.where,
-    more memory traffic than a small model's whole step.
+    mode reads each step's loss (one host sync per step, the price of an exact skip): deciding on
+    the device instead would mean copying the weights and the optimiser's moments at every step,
+    to put them back with torch.where after a bad one.
     """
 
     def __init__(self, on_nonfinite: str = "stop", every_n_steps: int | None = None):
@@ -202,7 +202,7 @@ class NonFiniteGuard(L.Callback):
         self.every_n_steps = every_n_steps
         self.skip = False
         self.skipped = 0
-        self.losses: torch.Tensor | None = None  # unchecked steps' losses, on the loss's device
+        self.losses: list[torch.Tensor] = []  # the unchecked steps' losses, on their device
         self.where: list[tuple[int, int, int]] = []  # (step, epoch, batch) of each of them
 
     def _window(self, trainer: L.Trainer) -> int:
@@ -236,21 +236,17 @@ class NonFiniteGuard(L.Callback):
                     self.skipped,
                 )
             return
-        window = self._window(trainer)
-        if self.losses is None or len(self.losses) != window or self.losses.device != loss.device:
-            self.check(trainer)
-            self.losses = torch.empty(window, dtype=torch.float32, device=loss.device)
-        elif len(self.where) == window:
-            self.check(trainer)
-        self.losses[len(self.where)].copy_(loss.detach())
+        self.losses.append(loss.detach())
         self.where.append(self._where(trainer))
+        if len(self.losses) >= self._window(trainer):  # batches that did not step (accumulation)
+            self.check(trainer)
 
     def check(self, trainer: L.Trainer) -> None:
         """Read the buffered losses back (one host sync); stop at the first non-finite one."""
-        if not self.where:
+        if not self.losses:
             return
-        losses = self.losses[: len(self.where)].cpu()
-        where, self.where = self.where, []
+        losses = torch.stack(self.losses).float().cpu()
+        where, self.where, self.losses = self.where, [], []
         finite = torch.isfinite(losses)
         if not finite.all():
             first = int((~finite).int().argmax())
