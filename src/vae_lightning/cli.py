@@ -31,7 +31,7 @@ from vae_lightning.config import (
 )
 from vae_lightning.errors import ConfigError, UserError
 from vae_lightning.metrics import evaluate_model
-from vae_lightning.phases import Phases, ValidationTime
+from vae_lightning.phases import Phases
 from vae_lightning.runs import (
     checkpoint_to_resume,
     load_checkpoint_model,
@@ -184,21 +184,17 @@ def fit_and_test(cfg: DictConfig, startup: dict[str, float] | None = None) -> di
         )
         loggers = instantiate_all(cfg.get("logger"))
         callbacks = [*instantiate_all(cfg.get("callbacks")), *console_callbacks(cfg.trainer)]
-        validation_time = ValidationTime()
-        trainer: L.Trainer = instantiate(
-            cfg.trainer, callbacks=[*callbacks, validation_time], logger=loggers or False
-        )
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     with phases("data"):
         if trainer.local_rank == 0:
             # Here as well as in fit: missing data stops the run now, as a ConfigError.
             datamodule.prepare_data()
         datamodule.setup("fit")  # loaded (rendered) here, not inside fit: a phase of its own
 
-    with phases("training"):
+    with phases("epochs"):  # training, validation, checkpoints
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    phases.split_off("validation", validation_time.seconds, "training")
     pictures = sum(c.seconds for c in trainer.callbacks if isinstance(c, Pictures))
-    phases.split_off("pictures", pictures, "training")
+    phases.split_off("pictures", pictures, "epochs")
     validation = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""

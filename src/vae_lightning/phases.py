@@ -1,12 +1,12 @@
-"""Where a run's wall time goes: seconds per phase (imports, config, data, model, training,
-validation, pictures, test, evaluation), printed at the end of a run and kept in metrics.json
-as `phases_s`."""
+"""Where a run's wall time goes: seconds per phase (imports, config, data, model, epochs,
+pictures, test, evaluation), printed at the end of a run and kept in metrics.json as `phases_s`.
+
+Timed around the run's own calls, and by the pictures callback around its drawing: no callback
+of its own, since Lightning calls every hook of every callback at every training step."""
 
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import lightning as L
 
 import vae_lightning
 
@@ -59,18 +59,3 @@ class Phases:
             f"{name} {seconds:.1f} s ({seconds / total:.0%})"
             for name, seconds in self.seconds.items()
         )
-
-
-class ValidationTime(L.Callback):
-    """The seconds fit spends in validation loops (the sanity check included), timed at their
-    starts and ends: nothing per training step."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._started = 0.0
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._started = time.perf_counter()
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.seconds += time.perf_counter() - self._started
