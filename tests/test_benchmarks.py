@@ -31,7 +31,8 @@ def test_likelihood_table_script_trains_evaluates_and_compares_its_rows(tmp_path
 def test_process_speed_script_runs_the_three_programs_and_writes_its_table(tmp_path):
     result = run_script(
         "benchmarks/process_speed.py", "--rounds", "1", "--epochs", "2", "--workloads", "mlp",
-        "--out", str(tmp_path), "--set", f"data.root={FASHION_MNIST_SUBSET}",
+        "--limit-batches", "2", "--threads", "1", "--out", str(tmp_path),
+        "--set", f"data.root={FASHION_MNIST_SUBSET}",
         "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "model.hidden_dims=[32]",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
