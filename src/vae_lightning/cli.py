@@ -189,7 +189,10 @@ def fit_and_test(cfg: DictConfig, startup: dict[str, float] | None = None) -> di
         if trainer.local_rank == 0:
             # Here as well as in fit: missing data stops the run now, as a ConfigError.
             datamodule.prepare_data()
-        datamodule.setup("fit")  # loaded (rendered) here, not inside fit: a phase of its own
+        # Loaded (rendered) here rather than inside fit, to be timed as a phase of its own; under
+        # DDP, fit's own setup, which waits until rank zero has prepared the data, does it.
+        if trainer.world_size == 1:
+            datamodule.setup("fit")
 
     with phases("epochs"):  # training, validation, checkpoints
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
