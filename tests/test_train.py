@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import time
 
 import pytest
@@ -208,4 +209,5 @@ def test_train_py_reports_where_its_time_went(tmp_path):
     )
     output = result.stdout + result.stderr
     (line,) = [line for line in output.splitlines() if "time: imports " in line]
-    assert f"evaluation {phases['evaluation']:.1f} s" in line
+    shown = float(re.search(r"evaluation (\d+\.\d) s", line).group(1))
+    assert abs(shown - phases["evaluation"]) <= 0.06  # to 0.1 s on the console, 0.01 s in the file
