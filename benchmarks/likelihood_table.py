@@ -123,7 +123,7 @@ def main() -> None:
             f"| {title} | {evaluated['test/iwae_nll']:.2f} ± {evaluated['test/iwae_nll_sem']:.2f} "
             f"| {-evaluated['test/elbo']:.2f} | "
             f"{trained['test/iwae_nll']:.2f} (k={trained['test/iwae_k']}, "
-            f"{trained['test/images']} images) | {evaluated['test/active_units']} | "
+            f"{trained['test/iwae_images']} images) | {evaluated['test/active_units']} | "
             f"{trained['wall_time_s']:.0f} | "
             f"{evaluated['wall_time_s']:.0f} | {PUBLISHED[name]} |"
         )

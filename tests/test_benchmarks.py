@@ -54,3 +54,28 @@ def test_hierarchical_cifar10_gpu_command_runs_on_cpu_at_a_tiny_size(tmp_path):
     assert len(per_epoch.split(":")[1].split(",")) == 2  # both epochs timed
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(metrics["test/kl_per_layer"]) == 4
+
+
+def test_process_speed_script_runs_the_three_programs_and_writes_its_table(tmp_path):
+    result = run_script(
+        "benchmarks/process_speed.py", "--rounds", "1", "--epochs", "2", "--workloads", "mlp",
+        "--limit-batches", "2", "--threads", "1", "--out", str(tmp_path),
+        "--set", f"data.root={FASHION_MNIST_SUBSET}",
+        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "model.hidden_dims=[32]",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "table.md").read_text()
+    assert table in result.stdout
+    (row,) = [line for line in table.splitlines() if line.startswith("| mlp | 1 |")]
+    order, *numbers = [cell.strip() for cell in row.split("|")[3:-1]]
+    assert sorted(order) == ["a", "b", "c"]
+    a, b, c, c_b, b_a, c_a = map(float, numbers)
+    assert min(a, b, c) > 0
+    # the ratios are of the unrounded speeds, the table shows whole images per second
+    assert (c_b, b_a, c_a) == pytest.approx((c / b, b / a, c / a), rel=0.02)
+    (summary,) = [line for line in table.splitlines() if line.startswith("| mlp | median")]
+    assert f"{c_b:.3f} ({c_b:.3f}-{c_b:.3f})" in summary  # one round: its ratio is the median
+    # each program trained and wrote its checkpoints where the benchmark put it
+    assert (tmp_path / "mlp-a-1" / "last.pt").is_file()
+    assert (tmp_path / "mlp-b-1" / "last.ckpt").is_file()
+    assert (tmp_path / "mlp-c-1" / "checkpoints" / "last.ckpt").is_file()

@@ -53,6 +53,7 @@ def checkpoint_step(path: Path) -> int:
         ("torch_threads=0", "torch_threads"),
         ("model.network=resnet", "model.network"),
         ("callbacks.nonfinite.on_nonfinite=ignore", "callbacks.nonfinite.on_nonfinite"),
+        ("callbacks.nonfinite.every_n_steps=0", "callbacks.nonfinite.every_n_steps"),
         ("callbacks.step_checkpoint.every_n_train_steps=0", "callbacks.step_checkpoint"),
     ],
 )
@@ -261,6 +262,37 @@ def test_nan_loss_stops_at_its_step_keeping_the_last_good_checkpoint(tmp_path):
     )
     assert checkpoint_step(last) == 3 and all_finite(last)
     assert [step for step, _ in scalars(tmp_path, "train/loss")] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_nan_loss_read_back_late_still_stops_before_any_checkpoint_holds_it(tmp_path):
+    # Losses read back every 100 steps: the NaN of step 4 is found when step 6's last.ckpt is
+    # about to be written, and that write does not happen.
+    with pytest.raises(NonFiniteLoss) as error:
+        train(poisoned(tmp_path, "callbacks.nonfinite.every_n_steps=100"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert str(error.value).startswith(
+        "train/loss=nan at step 4 (epoch 0, batch 4): training stopped, "
+        f"last good checkpoint: {last}; "
+    )
+    assert [path.name for path in last.parent.iterdir()] == ["last.ckpt"]
+    assert checkpoint_step(last) == 3 and all_finite(last)
+    # the steps after the NaN ran (no per-step read); the sixth (logged as step 5, after the
+    # checkpoint that stopped the run) was not logged
+    assert [step for step, _ in scalars(tmp_path, "train/loss")] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_nan_loss_without_checkpoints_stops_by_the_end_of_the_epoch(tmp_path):
+    config = poisoned(
+        tmp_path,
+        "callbacks.nonfinite.every_n_steps=100",
+        "callbacks.model_checkpoint=null",
+        "callbacks.step_checkpoint=null",
+    )
+    with pytest.raises(NonFiniteLoss, match=r"^train/loss=nan at step 4 \(epoch 0, batch 4\): "):
+        train(config)
+    assert not (tmp_path / "metrics.json").exists()
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 import json
 import math
+import re
+import time
 
 import pytest
 import torch
@@ -110,15 +112,17 @@ def test_bad_config_gives_one_clear_line_and_nonzero_exit(tmp_path, override, ke
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_the_evaluation_after_training_honours_limit_test_batches(tiny_config):
-    # 64 test images in batches of 16: the evaluation's IWAE bound sees only the first one
-    full = train(tiny_config("trainer.max_epochs=1", "data.eval_batch_size=16"))
-    limited = train(
-        tiny_config(
-            "trainer.max_epochs=1", "data.eval_batch_size=16", "+trainer.limit_test_batches=1"
-        )
-    )
+def test_the_evaluation_after_training_honours_limit_test_batches(tiny_config, tmp_path):
+    # 64 test images in batches of 16: with limit_test_batches=1 the evaluation sees only the
+    # first batch; eval.iwae_images=20 bounds the IWAE NLL alone, across a batch boundary
+    settings = ("trainer.max_epochs=1", "data.eval_batch_size=16", "eval.iwae_images=20")
+    full = train(tiny_config(*settings))
+    per_image = torch.load(tmp_path / "iwae_nll_per_image.pt")
+    limited = train(tiny_config(*settings, "+trainer.limit_test_batches=1"))
     assert (full["test/images"], limited["test/images"]) == (64, 16)
+    assert (full["test/iwae_images"], limited["test/iwae_images"]) == (20, 16)
+    assert per_image.shape == (20,)
+    assert full["test/iwae_nll"] == pytest.approx(per_image.mean().item(), rel=1e-6)
 
 
 def test_training_on_every_image_without_a_validation_split(tiny_config):
@@ -184,3 +188,26 @@ def test_speed_options_train_on_a_gpu(tiny_config):
         )
     )
     assert math.isfinite(metrics["test/elbo"]) and metrics["test/elbo"] < 0
+
+
+def test_train_py_reports_where_its_time_went(tmp_path):
+    started = time.perf_counter()
+    result = run_script("train.py", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}")
+    wall = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    phases = metrics["phases_s"]
+    assert list(phases) == [
+        "imports", "config", "data", "model", "epochs", "pictures", "test", "evaluation",
+    ]  # fmt: skip
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert phases["epochs"] > 0 and phases["pictures"] > 0 and phases["evaluation"] > 0
+    # the phases are parts of the process's life, none counted twice
+    assert sum(phases.values()) <= wall
+    assert (
+        sum(phases.values()) - phases["imports"] - phases["config"] <= metrics["wall_time_s"] + 0.1
+    )
+    output = result.stdout + result.stderr
+    (line,) = [line for line in output.splitlines() if "time: imports " in line]
+    shown = float(re.search(r"evaluation (\d+\.\d) s", line).group(1))
+    assert abs(shown - phases["evaluation"]) <= 0.06  # to 0.1 s on the console, 0.01 s in the file

@@ -126,6 +126,7 @@ class Pictures(Callback):
 
     def __init__(self, **pictures: EpochImages | None):
         self.pictures = [picture for picture in pictures.values() if picture is not None]
+        self.seconds = 0.0  # spent drawing and publishing, for the run's phases (phases.py)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for picture in self.pictures:
@@ -133,13 +134,17 @@ class Pictures(Callback):
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        started = time.perf_counter()
         for picture in self.pictures:
             picture.on_train_epoch_end(trainer, pl_module)
+        self.seconds += time.perf_counter() - started
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        started = time.perf_counter()
         for picture in self.pictures:
             picture.on_fit_end(trainer, pl_module)
+        self.seconds += time.perf_counter() - started
 
 
 class ImageGrids(EpochImages):

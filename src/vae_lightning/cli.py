@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from vae_lightning.callbacks import console_callbacks, log_hparams_with_metrics
+from vae_lightning.callbacks import Pictures, console_callbacks, log_hparams_with_metrics
 from vae_lightning.config import (
     check_accelerator,
     check_config,
@@ -31,6 +31,7 @@ from vae_lightning.config import (
 )
 from vae_lightning.errors import ConfigError, UserError
 from vae_lightning.metrics import evaluate_model
+from vae_lightning.phases import Phases
 from vae_lightning.runs import (
     checkpoint_to_resume,
     load_checkpoint_model,
@@ -116,35 +117,41 @@ def test_metrics(
     eval_cfg: DictConfig,
     output_dir: Path,
     ckpt_path: str | None = None,
+    phases: Phases | None = None,
 ) -> dict[str, Any]:
     """The ELBO terms of trainer.test on the test split, then evaluate_model's metrics of the same
     weights (trainer.test loads `ckpt_path` into `model`) on as many test batches as the
     Trainer's limit_test_batches allows, in one process (rank zero) only; the IWAE NLL of each
-    image goes to `<output_dir>/iwae_nll_per_image.pt`."""
-    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    image goes to `<output_dir>/iwae_nll_per_image.pt`. Each part is timed into `phases`."""
+    phases = phases or Phases()
+    with phases("test"):
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics: dict[str, Any] = {k: v.item() for k, v in sorted(trainer.callback_metrics.items())}
     if trainer.is_global_zero:
-        metrics |= evaluate_model(
-            model,
-            datamodule,
-            eval_cfg.iwae_k,
-            eval_cfg.max_rows,
-            trainer.strategy.root_device,
-            max_batches=sum(trainer.num_test_batches),
-            disentanglement=OmegaConf.to_container(eval_cfg.disentanglement),
-            per_image_path=output_dir / PER_IMAGE_NLL,
-        )
+        with phases("evaluation"):
+            metrics |= evaluate_model(
+                model,
+                datamodule,
+                eval_cfg.iwae_k,
+                eval_cfg.max_rows,
+                trainer.strategy.root_device,
+                max_batches=sum(trainer.num_test_batches),
+                disentanglement=OmegaConf.to_container(eval_cfg.disentanglement),
+                per_image_path=output_dir / PER_IMAGE_NLL,
+                iwae_images=eval_cfg.get("iwae_images"),
+            )
     return metrics
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, startup: dict[str, float] | None = None) -> dict[str, Any]:
     """Fit the model, test the best checkpoint and write `metrics.json`; return the metrics.
+    `startup`: the seconds the process spent before this run (phases.startup_phases).
 
     W&B's run, when there is one, is finished however the job ends, so the next job of a
     multirun in the same process gets a run of its own."""
     failed = True
     try:
-        metrics = fit_and_test(cfg)
+        metrics = fit_and_test(cfg, startup)
         failed = False
         return metrics
     finally:
@@ -155,36 +162,49 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 wandb.finish(exit_code=int(failed))
 
 
-def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
+def fit_and_test(cfg: DictConfig, startup: dict[str, float] | None = None) -> dict[str, Any]:
     check_config(cfg)
     check_optimized_metric(cfg)
     check_accelerator("trainer.accelerator", cfg.trainer.get("accelerator"))
     quiet_lightning()
     started = time.perf_counter()
+    phases = Phases(startup)
     if cfg.get("torch_threads"):
         torch.set_num_threads(cfg.torch_threads)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data)
-    check_image_shape(cfg, datamodule.image_shape)
-    ckpt_path = checkpoint_to_resume(cfg, datamodule.image_shape)
-    # Plain lists and dicts, the optimiser left as config: the checkpoint's hparams stay data.
-    model = instantiate(
-        cfg.model, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
-    )
-    loggers = instantiate_all(cfg.get("logger"))
-    callbacks = [*instantiate_all(cfg.get("callbacks")), *console_callbacks(cfg.trainer)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    if trainer.local_rank == 0:
-        # Here as well as in fit: missing data stops the run now, as a ConfigError.
-        datamodule.prepare_data()
+    with phases("data"):
+        datamodule = instantiate(cfg.data)
+        check_image_shape(cfg, datamodule.image_shape)
+        ckpt_path = checkpoint_to_resume(cfg, datamodule.image_shape)
+    with phases("model"):
+        # Plain lists and dicts, the optimiser left as config: the checkpoint's hparams stay data.
+        model = instantiate(
+            cfg.model, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
+        )
+        loggers = instantiate_all(cfg.get("logger"))
+        callbacks = [*instantiate_all(cfg.get("callbacks")), *console_callbacks(cfg.trainer)]
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    with phases("data"):
+        if trainer.local_rank == 0:
+            # Here as well as in fit: missing data stops the run now, as a ConfigError.
+            datamodule.prepare_data()
+        # Loaded (rendered) here rather than inside fit, to be timed as a phase of its own; under
+        # DDP, fit's own setup, which waits until rank zero has prepared the data, does it.
+        if trainer.world_size == 1:
+            datamodule.setup("fit")
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    with phases("epochs"):  # training, validation, checkpoints
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    pictures = sum(c.seconds for c in trainer.callbacks if isinstance(c, Pictures))
+    phases.split_off("pictures", pictures, "epochs")
     validation = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
     output_dir = Path(cfg.paths.output_dir)
-    metrics = test_metrics(trainer, model, datamodule, cfg.eval, output_dir, best_path or None)
+    metrics = test_metrics(
+        trainer, model, datamodule, cfg.eval, output_dir, best_path or None, phases
+    )
     metrics |= validation  # the last validation's values
     if checkpoint and checkpoint.best_model_score is not None:
         metrics[f"best_{checkpoint.monitor}"] = checkpoint.best_model_score.item()
@@ -193,7 +213,9 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         steps=trainer.global_step,
         wall_time_s=round(time.perf_counter() - started, 1),
         best_checkpoint=best_path,
+        phases_s=phases.rounded(),
     )
+    log.info("time: %s", phases.summary())
     report_metrics(metrics, output_dir)
     # Here, not in a callback: only now are all final numbers known, the same as in metrics.json.
     log_hparams_with_metrics(trainer.loggers, cfg, metrics, trainer.global_step)

@@ -3,6 +3,7 @@ installed, and train.py, eval.py, sample.py and export.py at the top of a checko
 its Hydra config (conf/, shipped in the package as vae_lightning.conf) and calls one function."""
 
 import sys
+import time
 from importlib.resources import files
 from pathlib import Path
 
@@ -12,18 +13,20 @@ from omegaconf import DictConfig
 from vae_lightning.cli import evaluate, exit_on_config_error, prepare_command_line, train
 from vae_lightning.config import optimized_value
 from vae_lightning.export import export
+from vae_lightning.phases import startup_phases
 from vae_lightning.sampling import sample
 from vae_lightning.sweep import record_failure_in_multirun
 
 CONFIG_DIR = Path(str(files("vae_lightning.conf")))
 CONFIG_PATH = "pkg://vae_lightning.conf"
+IMPORTS_DONE_AT = time.perf_counter()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @exit_on_config_error
 @record_failure_in_multirun
 def _train(cfg: DictConfig) -> float | None:
-    return optimized_value(cfg, train(cfg))
+    return optimized_value(cfg, train(cfg, startup_phases(IMPORTS_DONE_AT)))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")

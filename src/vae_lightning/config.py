@@ -117,7 +117,13 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         f"one of {', '.join(DCI_REGRESSORS)}",
     ),
     ("eval.max_rows", _positive_int, "a positive integer of decoder rows per pass, e.g. 8192"),
+    ("eval.iwae_images", _positive_int, "a positive integer, or null for every test image"),
     ("callbacks.nonfinite.on_nonfinite", lambda v: v in ("stop", "skip"), "stop or skip"),
+    (
+        "callbacks.nonfinite.every_n_steps",
+        _positive_int,
+        "a positive integer, or null for trainer.log_every_n_steps",
+    ),
     (
         "callbacks.step_checkpoint.every_n_train_steps",
         _positive_int,

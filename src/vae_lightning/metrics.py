@@ -53,6 +53,7 @@ def evaluate_model(
     max_batches: int | float = float("inf"),
     disentanglement: dict[str, Any] | None = None,
     per_image_path: Path | None = None,
+    iwae_images: int | None = None,
 ) -> dict[str, Any]:
     """test/iwae_nll (nats/image) and its standard error over the images, test/iwae_bpd,
     test/kl_per_dim, test/active_units, the number of test/images they are computed on, for a
@@ -63,6 +64,9 @@ def evaluate_model(
     first `max_batches` batches: the Trainer's limit_test_batches, so a smoke run stays short).
     `per_image_path`, when given, receives the IWAE NLL of each test image in order (a float
     tensor), so that models evaluated on the same images can be compared image by image.
+    `iwae_images`, when given, bounds the IWAE NLL to the split's first that many images
+    (test/iwae_images says how many), its k draws per image being most of the cost; the other
+    metrics still see every image.
 
     A plain loop rather than trainer.test: active units and MIG need the posterior means of the
     whole split at once, which per-batch logging would average away.
@@ -72,21 +76,24 @@ def evaluate_model(
     loader = datamodule.test_dataloader()
     iwae, mus, kls, labels, layer_mus, layer_kls = [], [], [], [], [], []
     hierarchical = model.hierarchy is not None
+    n_iwae = min(_images_in(loader, max_batches), iwae_images or float("inf"))
     # Progress in images, advanced by each chunk of draws (a batch's k draws may take minutes):
     # plain numbers, no tensor is read back from the device for it.
-    with Progress(f"IWAE bound (k={iwae_k})", _images_in(loader, max_batches), "images") as bar:
+    with Progress(f"IWAE bound (k={iwae_k})", n_iwae, "images") as bar:
         for index, batch in enumerate(loader):
             if index >= max_batches:
                 break
             batch = datamodule.transfer_batch_to_device(batch, model.device, 0)
             images, batch_labels = datamodule.on_after_batch_transfer(batch, 0)
+            bounded = images[: n_iwae - sum(map(len, iwae))]
 
-            def draws(n: int, images: torch.Tensor = images) -> torch.Tensor:
-                log_weights = model.log_importance_weights(images, n)[0]
-                bar.advance(len(images) * n / iwae_k)
+            def draws(n: int, bounded: torch.Tensor = bounded) -> torch.Tensor:
+                log_weights = model.log_importance_weights(bounded, n)[0]
+                bar.advance(len(bounded) * n / iwae_k)
                 return log_weights
 
-            iwae.append(iwae_bound(draws, iwae_k, len(images), max_rows))
+            if len(bounded):
+                iwae.append(iwae_bound(draws, iwae_k, len(bounded), max_rows))
             mus.append(model.encode(images)[0])
             labels.append(batch_labels)
             layer_mus.append(model.posterior_means_by_layer(images))
@@ -106,6 +113,7 @@ def evaluate_model(
         "test/iwae_nll_sem": (bounds.std() / math.sqrt(len(bounds))).item(),
         "test/iwae_bpd": bits_per_dim(nll, math.prod(images.shape[1:])),
         "test/iwae_k": iwae_k,
+        "test/iwae_images": len(bounds),
         "test/images": len(mu),
         "test/active_units": sum(units),
         "test/kl_per_dim": [round(v, 4) for v in torch.cat(kls).mean(dim=0).tolist()],

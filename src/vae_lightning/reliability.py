@@ -174,43 +174,101 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class NonFiniteGuard(L.Callback):
-    """Checks the training loss of every step before its backward pass.
+    """Stops (or skips a batch) at a NaN or infinite training loss.
 
-    `on_nonfinite=stop` ends the run with `NonFiniteLoss` naming the step; no gradient of that
-    step is applied and no checkpoint is written after it, so `last.ckpt` is the last good state.
-    `skip` logs a warning and drops the step's gradients, so the optimiser leaves the weights
-    (and its moments) as they were.
+    `on_nonfinite=stop` (the default) ends the run with `NonFiniteLoss` naming the first step
+    whose loss was not finite, and no checkpoint holds a state trained on it: `last.ckpt` is the
+    last good state. It reads no loss on the host at the steps themselves: each step's loss is
+    kept, detached, on its device (no sync), and the kept losses are read back together only
+    where it matters: before any checkpoint is written (`on_save_checkpoint`: every save,
+    whoever makes it), every `every_n_steps` steps, before validation and at the ends of epochs
+    and of training. The weights between a non-finite step and that check are
+    discarded with the run. A per-step read would make the host wait for the device each step,
+    so that the next step's Python cannot overlap the current step's kernels.
 
-    The check costs one host sync per step (reading the loss). Checking only at logging
-    cadence would avoid it, but by then the optimiser would have applied NaN gradients and a
-    step checkpoint could hold them.
+    `skip` logs a warning and drops the step's gradients, so the optimiser leaves the weights (and
+    its moments) as they were. Whether the optimiser steps at all is decided on the host, so this
+    mode reads each step's loss (one host sync per step, the price of an exact skip): deciding on
+    the device instead would mean copying the weights and the optimiser's moments at every step,
+    to put them back with torch.where after a bad one.
     """
 
-    def __init__(self, on_nonfinite: str = "stop"):
+    def __init__(self, on_nonfinite: str = "stop", every_n_steps: int | None = None):
         if on_nonfinite not in ("stop", "skip"):
             raise ConfigError("callbacks.nonfinite.on_nonfinite", on_nonfinite, "stop or skip")
         self.on_nonfinite = on_nonfinite
+        # None: the Trainer's log_every_n_steps, the steps at which the loggers read values back
+        # from the device anyway
+        self.every_n_steps = every_n_steps
         self.skip = False
         self.skipped = 0
+        self.losses: list[torch.Tensor] = []  # the unchecked steps' losses, on their device
+        self.where: list[tuple[int, int, int]] = []  # (step, epoch, batch) of each of them
+
+    def _window(self, trainer: L.Trainer) -> int:
+        return self.every_n_steps or max(1, trainer.log_every_n_steps)
+
+    def _where(self, trainer: L.Trainer) -> tuple[int, int, int]:
+        batch = trainer.fit_loop.epoch_loop.batch_idx
+        return trainer.global_step, trainer.current_epoch, batch
+
+    def _stop(self, trainer: L.Trainer, loss: float, step: int, epoch: int, batch: int):
+        last = last_checkpoint_path(trainer)
+        kept = f"last good checkpoint: {last}" if last and last.is_file() else "no checkpoint"
+        raise NonFiniteLoss(
+            f"train/loss={loss} at step {step} (epoch {epoch}, batch {batch}): training "
+            f"stopped, {kept}; try a lower model.optimizer.lr, "
+            "or callbacks.nonfinite.on_nonfinite=skip"
+        )
 
     def on_before_backward(self, trainer: L.Trainer, pl_module, loss: torch.Tensor) -> None:
-        self.skip = not math.isfinite(loss.item())  # torch.isfinite would add an op per step
-        if not self.skip:
+        if self.on_nonfinite == "skip":
+            self.skip = not math.isfinite(loss.item())
+            if self.skip:
+                step, epoch, batch = self._where(trainer)
+                self.skipped += 1
+                log.warning(
+                    "train/loss=%s at step %d (epoch %d, batch %d): batch skipped (%d so far)",
+                    loss.item(),
+                    step,
+                    epoch,
+                    batch,
+                    self.skipped,
+                )
             return
-        where = (
-            f"train/loss={loss.item()} at step {trainer.global_step} (epoch "
-            f"{trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx})"
-        )
-        if self.on_nonfinite == "stop":
-            last = last_checkpoint_path(trainer)
-            kept = f"last good checkpoint: {last}" if last and last.is_file() else "no checkpoint"
-            raise NonFiniteLoss(
-                f"{where}: training stopped, {kept}; try a lower model.optimizer.lr, "
-                "or callbacks.nonfinite.on_nonfinite=skip"
-            )
-        self.skipped += 1
-        log.warning("%s: batch skipped (%d so far)", where, self.skipped)
+        self.losses.append(loss.detach())
+        self.where.append(self._where(trainer))
+        if len(self.losses) >= self._window(trainer):  # batches that did not step (accumulation)
+            self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        """Read the buffered losses back (one host sync); stop at the first non-finite one."""
+        if not self.losses:
+            return
+        losses = torch.stack(self.losses).float().cpu()
+        where, self.where, self.losses = self.where, [], []
+        finite = torch.isfinite(losses)
+        if not finite.all():
+            first = int((~finite).int().argmax())
+            self._stop(trainer, losses[first].item(), *where[first])
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
         if self.skip:
             optimizer.zero_grad(set_to_none=True)  # optimisers leave parameters without grads
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step % self._window(trainer) == 0:
+            self.check(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
+        # Before the file is written: raising here leaves the previous checkpoint as it was.
+        self.check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
