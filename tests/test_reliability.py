@@ -65,9 +65,9 @@ def test_bad_value_names_key_and_what_is_allowed(tmp_path, override, key):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["model=foo"], "model='foo' is not allowed: one of conv, mlp"),
+        (["model=foo"], "model='foo' is not allowed: one of conv, hierarchical, mlp"),
         (["data=foo", "model.beta=2"], "data='foo' is not allowed: one of celeba, cifar10, "),
-        (["-m", "model=conv,foo"], "model='foo' is not allowed: one of conv, mlp"),
+        (["-m", "model=conv,foo"], "model='foo' is not allowed: one of conv, hierarchical, mlp"),
         (["+experiment=nope"], "experiment='nope' is not allowed: one of beta_vae_shapes"),
         (["arm=beta_tc"], "arm='beta_tc' is not allowed: one of beta_tc_beta4, beta_tc_beta8"),
     ],
@@ -94,7 +94,8 @@ def test_train_py_unknown_group_option_is_one_line(tmp_path):
     result = run_script("train.py", "model=foo", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "error: model='foo' is not allowed: one of conv, mlp (the files in conf/model/)"
+        "error: model='foo' is not allowed: one of conv, hierarchical, mlp "
+        "(the files in conf/model/)"
     ]
 
 
