@@ -94,9 +94,10 @@ def evaluate_model(
 
             if len(bounded):
                 iwae.append(iwae_bound(draws, iwae_k, len(bounded), max_rows))
-            mus.append(model.encode(images)[0])
+            means = model.posterior_means_by_layer(images)
+            layer_mus.append(means)
+            mus.append(means[-1])  # the top layer's: encode(x)'s mean, without a second pass
             labels.append(batch_labels)
-            layer_mus.append(model.posterior_means_by_layer(images))
             kls.append(torch.cat(model.kl_per_dim_by_layer(images), dim=1))
             if hierarchical:
                 layer_kls.append(model.elbo_terms(images).kl_per_layer)
