@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from vae_lightning.elbo import ELBOTerms, gaussian_kl_per_dim
+from vae_lightning.elbo import ELBOTerms, diagonal_gaussian_log_prob, gaussian_kl_per_dim
 from vae_lightning.networks import conv_downsampling
 
 Gaussian = tuple[torch.Tensor, torch.Tensor]  # (mu, log sigma^2), each shaped like z
@@ -79,8 +79,7 @@ def posterior_mean(index: int, prior: Gaussian, posterior: Gaussian | None) -> t
 def log_density(z: torch.Tensor, gaussian: Gaussian) -> torch.Tensor:
     """log N(z; mu, diag(sigma^2)) summed over all but the first (batch) dim."""
     mu, logvar = gaussian
-    per_dim = -0.5 * ((z - mu).pow(2) * (-logvar).exp() + logvar + math.log(2 * math.pi))
-    return per_dim.flatten(1).sum(1)
+    return diagonal_gaussian_log_prob(z.flatten(1), mu.flatten(1), logvar.flatten(1))
 
 
 def per_channel(values: torch.Tensor) -> torch.Tensor:
