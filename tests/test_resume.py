@@ -10,9 +10,9 @@ import shutil
 import signal
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 
 from tests.helpers import FASHION_MNIST_SUBSET, TINY, make_config, read_tensorboard, run_script
 from tests.test_data_real import write_digit_pngs
@@ -33,11 +33,15 @@ STEPS_PER_EPOCH, STEPS = 8, 16
 KILL_AT = "VAE_TEST_SIGKILL_AT"
 
 
-class KillAt(L.Callback):
+class KillAt(Checkpoint):
     """SIGKILLs its own process at the moment $VAE_TEST_SIGKILL_AT names, with nothing run on the
-    way out: "step N" as training step N starts, "validation E" at epoch E's first validation
-    batch, "epoch start E" as epoch E starts, right after the previous one ended and its
-    checkpoint was saved."""
+    way out: "step N" as training step N starts, "saved N" as the step that makes global_step N
+    ends, right after the checkpoint callbacks saved it and before Lightning logs the step's
+    values, "validation E" at epoch E's first validation batch, "epoch start E" as epoch E
+    starts, right after the previous one ended and its checkpoint was saved.
+
+    A Checkpoint only for its place: Lightning runs checkpoint callbacks after the others, in
+    their configured order, so its on_train_batch_end runs after the ModelCheckpoints' saves."""
 
     def kill_at(self, moment: str) -> None:
         if os.environ.get(KILL_AT) == moment:
@@ -45,6 +49,9 @@ class KillAt(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.kill_at(f"step {trainer.global_step}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.kill_at(f"saved {trainer.global_step}")
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if not trainer.sanity_checking:
@@ -147,15 +154,23 @@ def uninterrupted(tmp_path_factory):
 
 # ---- resumable data order and random states ---------------------------------------------------
 
-# Each kill with the step of the last checkpoint it leaves: in the middle of epoch 0, during its
-# validation, right after its end (its checkpoint saved), in the middle of epoch 1.
-KILLS = [("step 5", 3), ("validation 0", 6), ("epoch start 1", 8), ("step 13", 12)]
+# Each kill with the step of the last checkpoint it leaves: in the middle of epoch 0; as the step
+# checkpoint at 6 is saved but that step's values are not logged yet (a checkpoint in place there
+# would resume past a step missing from the history: it is held, and step 3's stays); during
+# epoch 0's validation; right after its end (its checkpoint saved); in the middle of epoch 1.
+KILLS = [
+    ("step 5", 3),
+    ("saved 6", 3),
+    ("validation 0", 6),
+    ("epoch start 1", 8),
+    ("step 13", 12),
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("variant", "kills"),
-    [("conv", KILLS), ("mlp, dynamic binarisation", KILLS[1:]), ("per-item decoding", KILLS[1:])],
+    [("conv", KILLS), ("mlp, dynamic binarisation", KILLS[2:]), ("per-item decoding", KILLS[2:])],
     ids=["conv", "mlp, dynamic binarisation", "per-item decoding"],
 )
 def test_killed_again_and_again_and_resumed_equals_an_uninterrupted_run(
@@ -191,6 +206,9 @@ def test_killed_again_and_again_and_resumed_equals_an_uninterrupted_run(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "not resumable" not in resumed.stderr and "not restored" not in resumed.stderr
     assert_same_as_uninterrupted(run_dir, baseline)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == sorted(
+        p.name for p in (baseline / "checkpoints").iterdir()
+    )  # no temporary file left by a killed save
     pictures = sorted((run_dir / "images").iterdir())
     assert [p.name for p in pictures] == sorted(p.name for p in (baseline / "images").iterdir())
     for picture in pictures:  # drawn by the killed processes too
@@ -270,6 +288,23 @@ def test_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     saved = load(path)
     assert saved["global_step"] == 3 and torch.equal(saved["w"], torch.arange(1000))
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_a_held_save_is_in_place_only_once_released(tmp_path):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 3}, path)
+    for end, kept_step in ((AtomicCheckpointIO.discard, 3), (AtomicCheckpointIO.release, 9)):
+        io.hold()
+        io.save_checkpoint({"global_step": 6}, path)
+        io.save_checkpoint({"global_step": 9}, path)  # supersedes the held 6
+        assert load(path)["global_step"] == 3
+        assert len(list(path.parent.glob(".last.ckpt.*.tmp"))) == 1  # written, not in place
+        end(io)
+        assert load(path)["global_step"] == kept_step
+        assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+    io.save_checkpoint({"global_step": 12}, path)  # not held after a release
+    assert load(path)["global_step"] == 12
 
 
 @pytest.mark.slow

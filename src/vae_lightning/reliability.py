@@ -19,7 +19,7 @@ from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
 from vae_lightning.errors import ConfigError, UserError
 from vae_lightning.runs import last_checkpoint_path
-from vae_lightning.storage import save_atomically
+from vae_lightning.storage import leftover_partials, put_in_place, write_beside
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,13 @@ class Resumable(L.Callback):
       (after the sanity check, which draws too), so its steps draw what the killed run's would
       have. The order of the training batches is the data loader's own state
       (data/in_memory.py, IndexBatches), which Lightning's fit loop saves and restores.
+    - No checkpoint is in place before the values logged up to its step are on disk. Lightning
+      logs a step's values after `on_train_batch_end`, where ModelCheckpoint saves; a kill in
+      between would leave a checkpoint past a step that no logger received, and the resumed
+      history without it. So the saves made there are held (written and synced by
+      AtomicCheckpointIO, not yet renamed into place) until the next hook after the logging,
+      where the loggers are flushed and the saves put in place; a kill before that resumes
+      from the previous checkpoint. Every other save flushes the loggers before it writes.
     - Each epoch after the first starts from the random states its previous epoch's training
       batches ended with: what validation and epoch-end callbacks (pictures) draw does not
       reach training, so a run resumed from an epoch-end checkpoint, which runs neither again,
@@ -96,6 +103,9 @@ class Resumable(L.Callback):
                 signal.signal(signum, self._on_signal)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Before ModelCheckpoint's saves: Lightning moves checkpoint callbacks after the others.
+        if isinstance(io := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            io.hold()
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self.next_epoch_states = random_states()  # ModelCheckpoint saves after this hook
         if self.signum is not None and self.saved is None:
@@ -105,7 +115,12 @@ class Resumable(L.Callback):
             trainer.save_checkpoint(self.saved)
 
     def _at_safe_point(self, trainer: L.Trainer) -> None:
-        """Stop once the saved batch's metrics are logged (Lightning flushes loggers as it logs)."""
+        """The last step's values are logged: put the held checkpoints in place once the loggers
+        have written those values, then stop if a signal asked to."""
+        if isinstance(io := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            if io.held:
+                flush_loggers(trainer)
+            io.release()
         if self.saved is not None:
             raise Interrupted(self.signum, trainer.global_step, self.saved)
 
@@ -119,14 +134,36 @@ class Resumable(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._at_safe_point(trainer)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._at_safe_point(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        # a held save's step may not have reached the loggers: the previous checkpoint stays
+        if isinstance(io := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            io.discard()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
+        io = trainer.strategy.checkpoint_io
+        if not (isinstance(io, AtomicCheckpointIO) and io.held is not None):
+            flush_loggers(trainer)  # a held save flushes them as it is put in place
+
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
         if trainer.state.fn != "fit" or not trainer.is_global_zero:
             return  # testing a checkpoint continues no history; only rank zero writes events
         step = checkpoint["global_step"]
+        if (last := last_checkpoint_path(trainer)) is not None:
+            for partial in leftover_partials(last.parent, "*.ckpt"):  # a killed process's saves
+                partial.unlink(missing_ok=True)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 session_start = SessionLog(status=SessionLog.START)
                 logger.experiment.file_writer.add_event(Event(step=step, session_log=session_start))
+
+
+def flush_loggers(trainer: L.Trainer) -> None:
+    """Every value logged so far written out (TensorBoard's writer thread queues its events)."""
+    for logger in trainer.loggers:
+        logger.save()
 
 
 def random_states() -> dict[str, Any]:
@@ -160,17 +197,46 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Lightning's own save writes the target file in place, so a kill during the write leaves a
     truncated checkpoint.
+
+    Between `hold()` and `release()` a checkpoint is written and synced as always, but renamed
+    into place only at `release()` (`discard()` drops it): Resumable holds the saves made as a
+    training step ends until Lightning has logged that step's values.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: dict[Path, Path] | None = None  # target -> its written temporary file
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        save_atomically(checkpoint, Path(path), self._write)
+        path = Path(path)
+        partial = write_beside(checkpoint, path, self._write)
+        if self.held is None:
+            put_in_place(partial, path)
+            return
+        if (superseded := self.held.pop(path, None)) is not None:
+            superseded.unlink(missing_ok=True)
+        self.held[path] = partial
 
     def _write(self, checkpoint: dict[str, Any], file: IO[bytes]) -> None:
         torch.save(checkpoint, file)
+
+    def hold(self) -> None:
+        if self.held is None:
+            self.held = {}
+
+    def release(self) -> None:
+        held, self.held = self.held or {}, None
+        for path, partial in held.items():
+            put_in_place(partial, path)
+
+    def discard(self) -> None:
+        held, self.held = self.held or {}, None
+        for partial in held.values():
+            partial.unlink(missing_ok=True)
 
 
 class NonFiniteGuard(L.Callback):
