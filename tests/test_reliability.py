@@ -179,25 +179,10 @@ def start_and_wait_for_checkpoint(run_dir: Path) -> subprocess.Popen:
         text=True,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
-    while not last.exists():  # Lightning writes checkpoints atomically (temp file, then rename)
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        time.sleep(0.01)
-    # Lightning logs a step's values after the step's checkpoint (on_train_batch_end, then the
-    # loggers): a kill in between loses that one step's TensorBoard values, a known gap (#19).
-    # Wait until the step before the checkpoint is logged, so the kill lands outside it.
-    step_before = checkpoint_step(last) - 1
-    while step_before not in logged_steps(run_dir):
+    while not last.exists():  # AtomicCheckpointIO puts a whole file in place, by a rename
         assert process.poll() is None, process.stderr.read()[-3000:]
         time.sleep(0.01)
     return process
-
-
-def logged_steps(run_dir: Path) -> list[int]:
-    """The steps train/loss is logged at so far (none while no event file has the tag)."""
-    try:
-        return [step for step, _ in scalars(run_dir, "train/loss")]
-    except KeyError:
-        return []
 
 
 def assert_same_history(run_dir: Path, baseline: Path) -> None:
