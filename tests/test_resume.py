@@ -18,7 +18,7 @@ from tests.helpers import FASHION_MNIST_SUBSET, TINY, make_config, read_tensorbo
 from tests.test_data_real import write_digit_pngs
 from vae_lightning.callbacks import Pictures
 from vae_lightning.cli import train
-from vae_lightning.reliability import AtomicCheckpointIO, random_states
+from vae_lightning.reliability import AtomicCheckpointIO, CheckpointNotWritten, random_states
 
 # 256 training images in batches of 32: 8 steps per epoch, 16 in all, last.ckpt every 3 steps.
 # Every run has the killer callback; it kills only the process whose environment names a moment.
@@ -283,8 +283,12 @@ def test_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(AtomicCheckpointIO, "_write", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointNotWritten) as error:
         io.save_checkpoint({"global_step": 6, "w": torch.zeros(1000)}, path)
+    assert str(error.value) == (
+        f"could not write the checkpoint {path} (No space left on device): the previous "
+        f"last.ckpt is intact; make room and continue with: python train.py resume={tmp_path}"
+    )
     saved = load(path)
     assert saved["global_step"] == 3 and torch.equal(saved["w"], torch.arange(1000))
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left
@@ -307,26 +311,41 @@ def test_a_held_save_is_in_place_only_once_released(tmp_path):
     assert load(path)["global_step"] == 12
 
 
-@pytest.mark.slow
-def test_disk_full_during_a_training_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    """Through the Trainer conf/trainer/ builds: its checkpoints go through AtomicCheckpointIO."""
-    write = AtomicCheckpointIO._write
-    calls = []
+class DiskFullAtTheSecondSave(AtomicCheckpointIO):
+    """Checkpoints whose second write (the step checkpoint at step 6) runs out of disk halfway."""
 
-    def second_write_fails(self, checkpoint, file):
-        calls.append(checkpoint["global_step"])
-        if len(calls) == 2:  # the step checkpoint at step 6
-            file.write(b"half")
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def _write(self, checkpoint, file) -> None:
+        self.writes += 1
+        if self.writes == 2:
+            file.write(b"PK\x03\x04 half a checkpoint")
             raise OSError(errno.ENOSPC, "No space left on device")
-        write(self, checkpoint, file)
+        super()._write(checkpoint, file)
 
-    monkeypatch.setattr(AtomicCheckpointIO, "_write", second_write_fails)
-    with pytest.raises(OSError, match="No space left"):
-        train(make_config(tmp_path, *RUN))
-    assert calls == [3, 6]
+
+@pytest.mark.slow
+def test_disk_full_during_a_training_save_keeps_the_last_good_checkpoint(tmp_path):
+    """train.py with its Trainer's checkpoint plugin failing as a full disk would: one line, the
+    run stops, last.ckpt is still the one of step 3, and resume= goes on from it."""
+    plugin = f"trainer.plugins=[{{_target_:{__name__}.DiskFullAtTheSecondSave}}]"
+    failed = train_py(None, *RUN, plugin, f"hydra.run.dir={tmp_path}")
+    assert failed.returncode == 1, failed.stderr[-3000:]
     last = tmp_path / "checkpoints" / "last.ckpt"
+    assert failed.stderr.strip().splitlines()[-1] == (
+        f"error: could not write the checkpoint {last} (No space left on device): the previous "
+        f"last.ckpt is intact; make room and continue with: python train.py resume={tmp_path}"
+    )
+    assert "Traceback" not in failed.stderr
     assert load(last)["global_step"] == 3
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+
+    default_plugin = "trainer.plugins=[{_target_:vae_lightning.reliability.AtomicCheckpointIO}]"
+    resumed = train_py(None, f"resume={tmp_path}", default_plugin)  # the room made
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load(last)["global_step"] == STEPS
 
 
 # ---- a damaged last.ckpt ----------------------------------------------------------------------

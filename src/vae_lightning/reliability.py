@@ -39,6 +39,10 @@ class NonFiniteLoss(UserError):
     """The training loss became NaN or infinite."""
 
 
+class CheckpointNotWritten(UserError):
+    """Writing a checkpoint failed (a full disk, a folder gone): the previous one is intact."""
+
+
 class Resumable(L.Callback):
     """Makes a run resumable from its `last.ckpt` with the same steps and an unbroken history.
 
@@ -213,10 +217,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
-        partial = write_beside(checkpoint, path, self._write)
-        if self.held is None:
-            put_in_place(partial, path)
-            return
+        try:
+            partial = write_beside(checkpoint, path, self._write)
+            if self.held is None:
+                put_in_place(partial, path)
+                return
+        except OSError as error:
+            kept = f"the previous {path.name} is intact" if path.is_file() else "none was before"
+            raise CheckpointNotWritten(
+                f"could not write the checkpoint {path} ({error.strerror or error}): {kept}; "
+                f"make room and continue with: python train.py resume={path.parent.parent}"
+            ) from error
         if (superseded := self.held.pop(path, None)) is not None:
             superseded.unlink(missing_ok=True)
         self.held[path] = partial
