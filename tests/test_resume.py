@@ -38,7 +38,8 @@ class KillAt(Checkpoint):
     way out: "step N" as training step N starts, "saved N" as the step that makes global_step N
     ends, right after the checkpoint callbacks saved it and before Lightning logs the step's
     values, "validation E" at epoch E's first validation batch, "epoch start E" as epoch E
-    starts, right after the previous one ended and its checkpoint was saved.
+    starts, right after the previous one ended and its checkpoint was saved, "epoch end E" as
+    epoch E ends, right after its checkpoint was saved and before Lightning logs its values.
 
     A Checkpoint only for its place: Lightning runs checkpoint callbacks after the others, in
     their configured order, so its on_train_batch_end runs after the ModelCheckpoints' saves."""
@@ -56,6 +57,9 @@ class KillAt(Checkpoint):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if not trainer.sanity_checking:
             self.kill_at(f"validation {trainer.current_epoch}")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.kill_at(f"epoch end {trainer.current_epoch}")
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.kill_at(f"epoch start {trainer.current_epoch}")
@@ -154,14 +158,16 @@ def uninterrupted(tmp_path_factory):
 
 # ---- resumable data order and random states ---------------------------------------------------
 
-# Each kill with the step of the last checkpoint it leaves: in the middle of epoch 0; as the step
-# checkpoint at 6 is saved but that step's values are not logged yet (a checkpoint in place there
-# would resume past a step missing from the history: it is held, and step 3's stays); during
-# epoch 0's validation; right after its end (its checkpoint saved); in the middle of epoch 1.
+# Each kill with the step of the last checkpoint in place after it: in the middle of epoch 0; as
+# the step checkpoint at 6 is saved, before that step's values are logged (in place at once, it
+# would resume past a step missing from the history: it is held); during epoch 0's validation;
+# as epoch 0's checkpoint at 8 is saved, before Lightning logs the epoch's values (held too);
+# right after epoch 0 ended; in the middle of epoch 1.
 KILLS = [
     ("step 5", 3),
     ("saved 6", 3),
     ("validation 0", 6),
+    ("epoch end 0", 6),
     ("epoch start 1", 8),
     ("step 13", 12),
 ]
@@ -294,21 +300,30 @@ def test_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left
 
 
-def test_a_held_save_is_in_place_only_once_released(tmp_path):
-    path = tmp_path / "checkpoints" / "last.ckpt"
+def test_held_saves_and_removals_change_the_folder_only_once_released(tmp_path):
+    folder = tmp_path / "checkpoints"
+    last, best, better = folder / "last.ckpt", folder / "epoch_000.ckpt", folder / "epoch_001.ckpt"
     io = AtomicCheckpointIO()
-    io.save_checkpoint({"global_step": 3}, path)
-    for end, kept_step in ((AtomicCheckpointIO.discard, 3), (AtomicCheckpointIO.release, 9)):
-        io.hold()
-        io.save_checkpoint({"global_step": 6}, path)
-        io.save_checkpoint({"global_step": 9}, path)  # supersedes the held 6
-        assert load(path)["global_step"] == 3
-        assert len(list(path.parent.glob(".last.ckpt.*.tmp"))) == 1  # written, not in place
+    io.save_checkpoint({"global_step": 3}, last)
+    io.save_checkpoint({"global_step": 3}, best)
+    io.hold()
+    ends = ((AtomicCheckpointIO.discard, 3, best), (AtomicCheckpointIO.release, 9, better))
+    for end, kept_step, kept_best in ends:
+        io.save_checkpoint({"global_step": 6}, last)
+        io.save_checkpoint({"global_step": 9}, last)  # supersedes the held 6
+        io.save_checkpoint({"global_step": 9}, better)
+        io.remove_checkpoint(best)  # as ModelCheckpoint drops the top-k file a better one beats
+        assert load(last)["global_step"] == 3 and load(best)["global_step"] == 3
+        assert not better.exists() and len(list(folder.glob(".*.ckpt.*.tmp"))) == 2
         end(io)
-        assert load(path)["global_step"] == kept_step
-        assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
-    io.save_checkpoint({"global_step": 12}, path)  # not held after a release
-    assert load(path)["global_step"] == 12
+        assert load(last)["global_step"] == kept_step
+        assert sorted(p.name for p in folder.iterdir()) == [kept_best.name, "last.ckpt"]
+    io.save_checkpoint({"global_step": 12}, last)  # still holding after a release
+    assert load(last)["global_step"] == 9
+    io.stop_holding()
+    assert load(last)["global_step"] == 12
+    io.save_checkpoint({"global_step": 15}, last)
+    assert load(last)["global_step"] == 15
 
 
 class DiskFullAtTheSecondSave(AtomicCheckpointIO):

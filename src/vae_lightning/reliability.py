@@ -56,13 +56,15 @@ class Resumable(L.Callback):
       (after the sanity check, which draws too), so its steps draw what the killed run's would
       have. The order of the training batches is the data loader's own state
       (data/in_memory.py, IndexBatches), which Lightning's fit loop saves and restores.
-    - No checkpoint is in place before the values logged up to its step are on disk. Lightning
-      logs a step's values after `on_train_batch_end`, where ModelCheckpoint saves; a kill in
-      between would leave a checkpoint past a step that no logger received, and the resumed
-      history without it. So the saves made there are held (written and synced by
-      AtomicCheckpointIO, not yet renamed into place) until the next hook after the logging,
-      where the loggers are flushed and the saves put in place; a kill before that resumes
-      from the previous checkpoint. Every other save flushes the loggers before it writes.
+    - No checkpoint is in place before what the run logs up to it is on disk. ModelCheckpoint
+      saves before that: at `on_train_batch_end`, before Lightning logs the step's values, and
+      at `on_train_epoch_end` (`on_validation_end` when validation runs within epochs), before
+      it logs the epoch's. A kill in between would resume past values never logged. So during
+      training every save is held (written and synced by AtomicCheckpointIO, not yet renamed
+      into place, nor the files it supersedes removed) until the next point where all of it is
+      out: a training step's start, a validation's start, an epoch's start, the end of
+      training. There the loggers are flushed and the held saves put in place; a kill before
+      that resumes from the checkpoint before.
     - Each epoch after the first starts from the random states its previous epoch's training
       batches ended with: what validation and epoch-end callbacks (pictures) draw does not
       reach training, so a run resumed from an epoch-end checkpoint, which runs neither again,
@@ -85,6 +87,7 @@ class Resumable(L.Callback):
         self.next_epoch_states = state_dict.get("next_epoch_states")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._at_safe_point(trainer)
         if self.next_epoch_states is not None:
             set_random_states(self.next_epoch_states)
             self.next_epoch_states = None
@@ -99,6 +102,8 @@ class Resumable(L.Callback):
         # Replaces Lightning's SIGTERM handler (it saves nothing on one device, and ends the run
         # with exit status 0); Lightning puts back the handlers it found when fit ends.
         self.signum, self.saved = None, None
+        if isinstance(io := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            io.hold()
         if self.random_states is not None:
             set_random_states(self.random_states)
             self.random_states = None
@@ -107,9 +112,6 @@ class Resumable(L.Callback):
                 signal.signal(signum, self._on_signal)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # Before ModelCheckpoint's saves: Lightning moves checkpoint callbacks after the others.
-        if isinstance(io := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
-            io.hold()
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self.next_epoch_states = random_states()  # ModelCheckpoint saves after this hook
         if self.signum is not None and self.saved is None:
@@ -119,8 +121,8 @@ class Resumable(L.Callback):
             trainer.save_checkpoint(self.saved)
 
     def _at_safe_point(self, trainer: L.Trainer) -> None:
-        """The last step's values are logged: put the held checkpoints in place once the loggers
-        have written those values, then stop if a signal asked to."""
+        """All that was logged and drawn before is out: put the held checkpoints in place once
+        the loggers have written it, then stop if a signal asked to."""
         if isinstance(io := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             if io.held:
                 flush_loggers(trainer)
@@ -136,20 +138,19 @@ class Resumable(L.Callback):
             self._at_safe_point(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._at_safe_point(trainer)
+        if self.saved is not None:  # held since the epoch's last step ended, with no validation
+            self._at_safe_point(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._at_safe_point(trainer)
+        if isinstance(io := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            io.stop_holding()
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
-        # a held save's step may not have reached the loggers: the previous checkpoint stays
+        # what a held save follows may never have been logged: the checkpoints stay as they were
         if isinstance(io := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             io.discard()
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
-        io = trainer.strategy.checkpoint_io
-        if not (isinstance(io, AtomicCheckpointIO) and io.held is not None):
-            flush_loggers(trainer)  # a held save flushes them as it is put in place
+            io.stop_holding()
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
         if trainer.state.fn != "fit" or not trainer.is_global_zero:
@@ -202,14 +203,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Lightning's own save writes the target file in place, so a kill during the write leaves a
     truncated checkpoint.
 
-    Between `hold()` and `release()` a checkpoint is written and synced as always, but renamed
-    into place only at `release()` (`discard()` drops it): Resumable holds the saves made as a
-    training step ends until Lightning has logged that step's values.
+    While holding (from `hold()` to `stop_holding()`), a checkpoint is written and synced as
+    always, but renamed into place only at the next `release()`, and a file ModelCheckpoint
+    removes (a top-k checkpoint superseded) is removed only then: the folder changes all at once.
+    `discard()` drops what is held, and the folder stays as it was. Resumable holds the saves of
+    training until what they follow has been logged (see there).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.held: dict[Path, Path] | None = None  # target -> its written temporary file
+        self.holding = False
+        self.held: dict[Path, Path] = {}  # target -> its written temporary file
+        self.removals: list[Path] = []
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
@@ -219,7 +224,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         try:
             partial = write_beside(checkpoint, path, self._write)
-            if self.held is None:
+            if not self.holding:
                 put_in_place(partial, path)
                 return
         except OSError as error:
@@ -228,26 +233,43 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"could not write the checkpoint {path} ({error.strerror or error}): {kept}; "
                 f"make room and continue with: python train.py resume={path.parent.parent}"
             ) from error
-        if (superseded := self.held.pop(path, None)) is not None:
-            superseded.unlink(missing_ok=True)
+        self._drop_held(path)
         self.held[path] = partial
 
     def _write(self, checkpoint: dict[str, Any], file: IO[bytes]) -> None:
         torch.save(checkpoint, file)
 
+    def remove_checkpoint(self, path: str | Path) -> None:
+        if not self.holding:
+            super().remove_checkpoint(path)
+            return
+        self._drop_held(Path(path))
+        self.removals.append(Path(path))
+
+    def _drop_held(self, path: Path) -> None:
+        if (partial := self.held.pop(path, None)) is not None:
+            partial.unlink(missing_ok=True)
+
     def hold(self) -> None:
-        if self.held is None:
-            self.held = {}
+        self.holding = True
 
     def release(self) -> None:
-        held, self.held = self.held or {}, None
-        for path, partial in held.items():
+        held, self.held = self.held, {}
+        removals, self.removals = self.removals, []
+        for path, partial in held.items():  # the new files first: a kill between keeps both
             put_in_place(partial, path)
+        for path in removals:
+            if path not in held:
+                super().remove_checkpoint(path)
 
     def discard(self) -> None:
-        held, self.held = self.held or {}, None
-        for partial in held.values():
-            partial.unlink(missing_ok=True)
+        for path in list(self.held):
+            self._drop_held(path)
+        self.removals = []
+
+    def stop_holding(self) -> None:
+        self.release()
+        self.holding = False
 
 
 class NonFiniteGuard(L.Callback):
