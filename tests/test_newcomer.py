@@ -37,6 +37,22 @@ def test_every_lightning_trainer_argument_is_accepted_as_trainer_x(tmp_path):
     assert (metrics["steps"], metrics["epochs"]) == (5, 2)  # 3 + 2 batches, stopped by max_steps
 
 
+@pytest.mark.parametrize("no_logger", ["logger=null", "~logger"])
+def test_a_run_without_a_logger_with_lightning_trainer_arguments(tmp_path, no_logger):
+    # Hydra takes no `group=null` (a traceback), and a `~group` used to leave trainer.X unchecked
+    result = run_script(
+        "train.py",
+        *TINY,
+        no_logger,
+        "trainer.limit_train_batches=3",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 3
+    assert not (tmp_path / "tensorboard").exists()
+
+
 @pytest.mark.parametrize(
     ("script", "override", "expected"),
     [

@@ -338,15 +338,23 @@ def check_override_keys(config_dir: str | Path, config_name: str, argv: list[str
     extra_dirs = [d for d in (args.config_dir,) if d]
     with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
         group_options = _group_options()
-        choices, values = [], []
+        choices, values, unset = [], [], []
         for override in parsed:
             group, value = override.key_or_group, override.value()
             if group_options(group) or any((Path(d) / group).is_dir() for d in extra_dirs):
                 if isinstance(value, ChoiceSweep):
                     value = value.list[0]
-                if not isinstance(value, str | None) or override.is_delete():
+                if override.is_delete():
+                    choices.append(override.input_line)
+                elif value is None and not override.is_sweep_override():
+                    # `logger=null`, as `callbacks.pictures=null` switches a callback off; Hydra
+                    # takes no null for a group on the command line (a traceback), only ~logger
+                    unset.append(override)
+                    choices.append(f"~{override.get_key_element()}")
+                elif not isinstance(value, str):
                     return argv  # a glob or range of options: Hydra expands it
-                choices.append(f"{override.get_key_element()}={'null' if value is None else value}")
+                else:
+                    choices.append(f"{override.get_key_element()}={value}")
             elif group.startswith("hydra."):
                 choices.append(override.input_line)  # e.g. hydra.run.dir, checked below
             elif not (override.is_add() or override.is_force_add() or override.is_delete()):
@@ -357,6 +365,8 @@ def check_override_keys(config_dir: str | Path, config_name: str, argv: list[str
         except Exception:  # anything Hydra cannot compose, Hydra reports itself
             return argv
     rewritten = list(argv)
+    for override in unset:
+        rewritten[rewritten.index(override.input_line)] = f"~{override.get_key_element()}"
     for override in values:
         key = override.key_or_group
         parent_key, _, leaf = key.rpartition(".")
