@@ -85,8 +85,9 @@ def write_data(workload: str, overrides: list[str], path: Path) -> tuple[list[st
 
 
 def command(program: str, data: Path, overrides: list[str], args, out: Path) -> list[str]:
-    if program == "c":
+    if program.startswith("c"):  # c, or a variant "c:NAME"
         settings = [f"trainer.max_epochs={args.epochs}", f"hydra.run.dir={out}"]
+        settings += args.variants.get(program.removeprefix("c:"), [])
         if args.threads:
             settings.append(f"torch_threads={args.threads}")
         if args.limit_batches:
@@ -109,7 +110,7 @@ def command(program: str, data: Path, overrides: list[str], args, out: Path) -> 
 
 def epoch_ends(program: str, output: str) -> list[float]:
     """The times (s) at which the program's epochs ended, from its output."""
-    if program == "c":
+    if program.startswith("c"):
         stamps = [PROJECT_EPOCH.match(line) for line in output.splitlines()]
         return [
             datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() for m in stamps if m
@@ -141,8 +142,21 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, help="PyTorch's threads in every program")
     parser.add_argument("--limit-batches", type=int, help="training batches per epoch")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OVERRIDES",
+        help="also run train.py with these space-separated overrides in each round, e.g. "
+        "'no-logger=logger=null' (an ablation: what one part of the project costs)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "process_speed")
     args = parser.parse_args()
+    args.variants = {}
+    for variant in args.variant:
+        name, _, overrides = variant.partition("=")
+        args.variants[name] = overrides.split()
+    programs = (*PROGRAMS, *(f"c:{name}" for name in args.variants))
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the speed is taken between epoch ends")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -157,30 +171,48 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     ratios = {w: {"c/b": [], "b/a": [], "c/a": []} for w in args.workloads}
+    variant_rows = [
+        "| workload | round | variant | img/s | variant/b | variant/c |",
+        "|---|---|---|---|---|---|",
+    ]
+    variant_ratios = {(w, v): [] for w in args.workloads for v in args.variants}
     for round_ in range(1, args.rounds + 1):
-        order = PROGRAMS[round_ % 3 :] + PROGRAMS[: round_ % 3]
+        shift = round_ % len(programs)
+        order = programs[shift:] + programs[:shift]
         for workload in args.workloads:
             data, overrides, n_train, batch_size = prepared[workload]
             if args.limit_batches:
                 n_train = min(n_train, args.limit_batches * batch_size)
             speed = {}
             for program in order:
-                out = args.out / f"{workload}-{program}-{round_}"
+                out = args.out / f"{workload}-{program.replace(':', '-')}-{round_}"
                 speed[program] = n_train / run(program, data, overrides, args, out)
             a, b, c = (speed[p] for p in PROGRAMS)
             for name, value in (("c/b", c / b), ("b/a", b / a), ("c/a", c / a)):
                 ratios[workload][name].append(value)
+            shown_order = "".join(p if len(p) == 1 else f"[{p[2:]}]" for p in order)
             rows.append(
-                f"| {workload} | {round_} | {''.join(order)} | {a:.0f} | {b:.0f} | {c:.0f} "
+                f"| {workload} | {round_} | {shown_order} | {a:.0f} | {b:.0f} | {c:.0f} "
                 f"| {c / b:.3f} | {b / a:.3f} | {c / a:.3f} |"
             )
             print(rows[-1], flush=True)
+            for name in args.variants:
+                v = speed[f"c:{name}"]
+                variant_ratios[workload, name].append(v / b)
+                variant_rows.append(
+                    f"| {workload} | {round_} | {name} | {v:.0f} | {v / b:.3f} | {v / c:.3f} |"
+                )
+                print(variant_rows[-1], flush=True)
     for workload in args.workloads:
         r = ratios[workload]
         rows.append(
             f"| {workload} | median (range) | | | | | {summary(r['c/b'])} | {summary(r['b/a'])} "
             f"| {summary(r['c/a'])} |"
         )
+    for (workload, name), values in variant_ratios.items():
+        variant_rows.append(f"| {workload} | median (range) | {name} | | {summary(values)} | |")
+    if args.variants:
+        rows += ["", *variant_rows]
     limit = f" of {args.limit_batches} batches" if args.limit_batches else ""
     header = (
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.rounds} rounds of "

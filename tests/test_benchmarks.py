@@ -62,20 +62,30 @@ def test_process_speed_script_runs_the_three_programs_and_writes_its_table(tmp_p
         "--limit-batches", "2", "--threads", "1", "--out", str(tmp_path),
         "--set", f"data.root={FASHION_MNIST_SUBSET}",
         "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "model.hidden_dims=[32]",
+        "--variant", "no-logger=logger=null callbacks.nonfinite=null",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "table.md").read_text()
     assert table in result.stdout
-    (row,) = [line for line in table.splitlines() if line.startswith("| mlp | 1 |")]
+    rounds = [line for line in table.splitlines() if line.startswith("| mlp | 1 |")]
+    (row,) = [line for line in rounds if "[no-logger]" in line]  # the rest: the variant's
     order, *numbers = [cell.strip() for cell in row.split("|")[3:-1]]
-    assert sorted(order) == ["a", "b", "c"]
+    assert "[no-logger]" in order and sorted(order.replace("[no-logger]", "")) == ["a", "b", "c"]
     a, b, c, c_b, b_a, c_a = map(float, numbers)
     assert min(a, b, c) > 0
     # the ratios are of the unrounded speeds, the table shows whole images per second
     assert (c_b, b_a, c_a) == pytest.approx((c / b, b / a, c / a), rel=0.02)
-    (summary,) = [line for line in table.splitlines() if line.startswith("| mlp | median")]
+    medians = [line for line in table.splitlines() if line.startswith("| mlp | median")]
+    summary, variant_summary = medians
     assert f"{c_b:.3f} ({c_b:.3f}-{c_b:.3f})" in summary  # one round: its ratio is the median
     # each program trained and wrote its checkpoints where the benchmark put it
     assert (tmp_path / "mlp-a-1" / "last.pt").is_file()
     assert (tmp_path / "mlp-b-1" / "last.ckpt").is_file()
     assert (tmp_path / "mlp-c-1" / "checkpoints" / "last.ckpt").is_file()
+    # the variant: train.py with its overrides, its speed against (b) and (c)
+    (row,) = [line for line in table.splitlines() if line.startswith("| mlp | 1 | no-logger |")]
+    v, v_b, v_c = map(float, [cell.strip() for cell in row.split("|")[4:-1]])
+    assert v > 0 and (v_b, v_c) == pytest.approx((v / b, v / c), rel=0.02)
+    assert f"| no-logger | | {v_b:.3f} ({v_b:.3f}-{v_b:.3f}) |" in variant_summary
+    variant_dir = tmp_path / "mlp-c-no-logger-1"
+    assert not (variant_dir / "tensorboard").exists() and (variant_dir / "metrics.json").is_file()
