@@ -12,7 +12,8 @@ import torch
 
 from tests.helpers import TINY, run_script
 from tests.test_data_real import write_digit_pngs
-from vae_lightning.data import ImageDataModule, images, sources
+from vae_lightning.data import ImageDataModule, sources
+from vae_lightning.data.cache import load_checked
 from vae_lightning.data.images import decode_all
 from vae_lightning.data.sources import UnreadableImage
 from vae_lightning.errors import ConfigError, UnreadableImageError
@@ -308,4 +309,4 @@ def test_a_build_that_fails_midway_leaves_no_cache_and_the_next_run_builds_it(
     datamodule = folder_module(tmp_path / "images", tmp_path / "cache")
     datamodule.setup()
     assert sum(len(datamodule.split(n)) for n in ("train", "val", "test")) == 12
-    assert images.load_checked(cache_files(tmp_path / "cache")[0], datamodule.cache_problem)
+    assert load_checked(cache_files(tmp_path / "cache")[0], datamodule.cache_problem)
