@@ -23,6 +23,9 @@ FACTOR_SIZES = (len(SHAPES), 6, 40, 32, 32)
 GRID_SIZE = math.prod(FACTOR_SIZES)
 
 SUPERSAMPLING = 2  # sub-pixels per side: anti-aliased edges instead of jagged binary ones
+# Rendered at a time: few enough that the intermediate tensors stay in the CPU's caches (with
+# one thread, 256 images of 32x32 at a time render 5 times as fast as 2048).
+SUBPIXELS_AT_A_TIME = 2**20
 
 
 def factor_values(indices: torch.Tensor) -> torch.Tensor:
@@ -41,34 +44,48 @@ def factor_values(indices: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _inside(shape: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Whether the shape-local point (u, v), with v pointing up, lies inside each shape."""
-    square = torch.maximum(u.abs(), v.abs()) <= 0.8
-    ellipse = u**2 + (v / 0.55) ** 2 <= 1
+def _square(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.maximum(u.abs(), v.abs()) <= 0.8
+
+
+def _ellipse(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return u**2 + (v / 0.55) ** 2 <= 1
+
+
+def _heart(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     hu, hv = 1.15 * u, 1.15 * v + 0.15  # the classic heart curve, centred and scaled to ~[-1, 1]
-    heart = (hu**2 + hv**2 - 1) ** 3 - hu**2 * hv**3 <= 0
-    return torch.where(shape == 0, square, torch.where(shape == 1, ellipse, heart))
+    return (hu**2 + hv**2 - 1) ** 3 - hu**2 * hv**3 <= 0
 
 
-def render(indices: torch.Tensor, image_size: int, chunk: int = 2048) -> torch.Tensor:
-    """uint8 images (N, 1, S, S) of the shapes with factor grid indices (N, 5)."""
+# Whether the shape-local point (u, v), with v pointing up, lies inside: one test per shape id.
+INSIDE = (_square, _ellipse, _heart)
+
+
+def render(indices: torch.Tensor, image_size: int, chunk: int | None = None) -> torch.Tensor:
+    """uint8 images (N, 1, S, S) of the shapes with factor grid indices (N, 5).
+
+    Each shape's images are rendered apart, with its own test only, `chunk` at a time (None:
+    SUBPIXELS_AT_A_TIME sub-pixels' worth)."""
     n_sub = image_size * SUPERSAMPLING
+    chunk = chunk or max(1, SUBPIXELS_AT_A_TIME // n_sub**2)
     grid = (torch.arange(n_sub, dtype=torch.float32) + 0.5) / n_sub
     py, px = torch.meshgrid(grid, grid, indexing="ij")
-    images = []
+    values = factor_values(indices)
+    images = torch.empty(len(indices), 1, image_size, image_size, dtype=torch.uint8)
     description = f"rendering shapes at {image_size}x{image_size}"
     with Progress(description, len(indices), "images") as progress:
-        for part in factor_values(indices).split(chunk):
-            shape, scale, angle, cx, cy = (f.view(-1, 1, 1) for f in part.T)
-            radius = 0.2 * scale
-            dx, dy = (px - cx) / radius, (cy - py) / radius  # y flipped: rows grow downwards
-            cos, sin = angle.cos(), angle.sin()
-            u, v = cos * dx + sin * dy, -sin * dx + cos * dy  # rotate by -angle: shape frame
-            coverage = _inside(shape, u, v).float()
-            coverage = coverage.view(-1, image_size, SUPERSAMPLING, image_size, SUPERSAMPLING)
-            images.append((coverage.mean(dim=(2, 4)) * 255).round().to(torch.uint8))
-            progress.advance(len(part))
-    return torch.cat(images).unsqueeze(1)
+        for shape_id, inside in enumerate(INSIDE):
+            for part in (indices[:, 0] == shape_id).nonzero().squeeze(1).split(chunk):
+                _, scale, angle, cx, cy = (f.view(-1, 1, 1) for f in values[part].T)
+                radius = 0.2 * scale
+                dx, dy = (px - cx) / radius, (cy - py) / radius  # y flipped: rows grow downwards
+                cos, sin = angle.cos(), angle.sin()
+                u, v = cos * dx + sin * dy, -sin * dx + cos * dy  # rotate by -angle: shape frame
+                coverage = inside(u, v).float()
+                coverage = coverage.view(-1, image_size, SUPERSAMPLING, image_size, SUPERSAMPLING)
+                images[part, 0] = (coverage.mean(dim=(2, 4)) * 255).round().to(torch.uint8)
+                progress.advance(len(part))
+    return images
 
 
 def sample_factor_indices(n: int | None, seed: int) -> torch.Tensor:
