@@ -12,7 +12,7 @@ import torch
 
 from tests.helpers import TINY, run_script
 from tests.test_data_real import write_digit_pngs
-from vae_lightning.data import ImageDataModule, sources
+from vae_lightning.data import ImageDataModule, ShapesDataModule, sources
 from vae_lightning.data.cache import load_checked
 from vae_lightning.data.images import decode_all
 from vae_lightning.data.sources import UnreadableImage
@@ -231,6 +231,35 @@ def test_a_damaged_cache_is_rebuilt_with_one_warning(tmp_path, caplog, damage):
     assert second.cache_problem(rebuilt) is None
     assert torch.equal(rebuilt["images"], fresh.images)
     assert torch.equal(rebuilt["labels"], fresh.labels)
+
+
+# The shapes' pixels repeat from image to image: no bytes of them are unique enough to flip.
+SHAPES_DAMAGES = {name: damage for name, damage in DAMAGES.items() if name != "a flipped byte"}
+SHAPES_DAMAGES["another size"] = lambda path, cached: torch.save(
+    {"images": cached["images"][:-1], "labels": cached["labels"][:-1]}, path
+)
+
+
+@pytest.mark.parametrize("damage", SHAPES_DAMAGES)
+def test_a_damaged_shapes_cache_is_rebuilt_with_one_warning(tmp_path, caplog, damage):
+    ShapesDataModule(size=300, cache_dir=str(tmp_path / "cache")).prepare_data()
+    (path,) = cache_files(tmp_path / "cache")
+    SHAPES_DAMAGES[damage](path, torch.load(path, weights_only=True))
+
+    caplog.set_level(logging.INFO)
+    second = ShapesDataModule(size=300, cache_dir=str(tmp_path / "cache"))
+    second.prepare_data()  # the file is there: prepare_data leaves it, setup finds the damage
+    second.setup()
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and warned[0].startswith(f"cache file {path} is damaged (")
+    fresh = ShapesDataModule(size=300)  # no cache: rendered now
+    for name in ("train", "val", "test"):
+        assert torch.equal(second.split(name).images, fresh.split(name).images)
+        assert torch.equal(second.split(name).labels, fresh.split(name).labels)
+    assert second.cache_problem(torch.load(path, weights_only=True)) is None
+    caplog.clear()
+    ShapesDataModule(size=300, cache_dir=str(tmp_path / "cache")).setup()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_a_cache_of_before_the_checksum_is_still_used(tmp_path, caplog):

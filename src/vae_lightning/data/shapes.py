@@ -3,12 +3,16 @@
 Five factors, on the dSprites grid: shape (square, ellipse, heart), scale (6 values), rotation
 (40 angles), and x and y position (32 each): 3 * 6 * 40 * 32 * 32 = 737,280 distinct images.
 Each image keeps the grid indices of its factors as its label, so later metrics can use them.
+With a `cache_dir`, the images are rendered once and cached, as the decoded image sets are.
 """
 
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from vae_lightning.data.cache import images_problem, load_checked, save_images
 from vae_lightning.data.in_memory import (
     InMemoryDataModule,
     InMemoryImages,
@@ -23,6 +27,9 @@ FACTOR_SIZES = (len(SHAPES), 6, 40, 32, 32)
 GRID_SIZE = math.prod(FACTOR_SIZES)
 
 SUPERSAMPLING = 2  # sub-pixels per side: anti-aliased edges instead of jagged binary ones
+# Part of the cache files' names: a change to what render draws for a grid point must change
+# it, so that caches of the old pixels are not used.
+RENDERING = 1
 # Rendered at a time: few enough that the intermediate tensors stay in the CPU's caches (with
 # one thread, 256 images of 32x32 at a time render 5 times as fast as 2048).
 SUBPIXELS_AT_A_TIME = 2**20
@@ -97,7 +104,8 @@ def sample_factor_indices(n: int | None, seed: int) -> torch.Tensor:
 
 class ShapesDataModule(InMemoryDataModule):
     """`size` images from the factor grid (None: all 737,280), split into train, val and test;
-    labelled by their factor indices."""
+    labelled by their factor indices. With `cache_dir`, rendered once into a cache file there
+    (one per size, image size and seed) that later runs load; without, rendered at every run."""
 
     label_names = FACTOR_NAMES
     labels_are_factors = True
@@ -112,21 +120,57 @@ class ShapesDataModule(InMemoryDataModule):
         seed: int = 0,
         batch_size: int = 128,
         eval_batch_size: int = 500,
+        cache_dir: str | None = None,
     ):
         super().__init__(batch_size, eval_batch_size)
         self.size, self.image_size, self.seed = size, image_size, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (1, self.image_size, self.image_size)
 
-    def load_splits(self) -> dict[str, InMemoryImages]:
+    def cache_path(self) -> Path:
+        size = "all" if self.size is None else self.size
+        name = f"{size}-1x{self.image_size}x{self.image_size}-seed{self.seed}-r{RENDERING}.pt"
+        return self.cache_dir / "shapes" / name
+
+    def cache_problem(self, data: Any) -> str | None:
+        """What is wrong with the contents of a cache file, or None (see cache.images_problem),
+        also when it holds another number of images than its name says."""
+        wrong = images_problem(data, self.image_shape)
+        expected = (min(self.size or GRID_SIZE, GRID_SIZE), len(FACTOR_SIZES))
+        if wrong is None and tuple(data["labels"].shape) != expected:
+            return f"labels of shape {tuple(data['labels'].shape)}, not {expected}"
+        return wrong
+
+    def rendered(self) -> InMemoryImages:
+        """All the images, rendered now (and written to the cache file, with a cache_dir)."""
         factors = sample_factor_indices(self.size, self.seed)
-        images = render(factors, self.image_size)
-        n_test = round(self.test_fraction * len(images))
-        n_val = round(self.val_fraction * len(images))
-        rest, test = split_off(InMemoryImages(images, factors), n_test, self.seed)
+        images = InMemoryImages(render(factors, self.image_size), factors)
+        if self.cache_dir is not None:
+            save_images(self.cache_path(), images)
+        return images
+
+    def load_all(self) -> InMemoryImages:
+        """All the images: from the cache file, or rendered now and cached (also when the file
+        is damaged: see load_checked)."""
+        if self.cache_dir is not None:
+            data = load_checked(self.cache_path(), self.cache_problem)
+            if data is not None:
+                return InMemoryImages(data["images"], data["labels"])
+        return self.rendered()
+
+    def prepare_data(self) -> None:
+        if self.cache_dir is not None and not self.cache_path().is_file():
+            self.rendered()
+
+    def load_splits(self) -> dict[str, InMemoryImages]:
+        everything = self.load_all()
+        n_test = round(self.test_fraction * len(everything))
+        n_val = round(self.val_fraction * len(everything))
+        rest, test = split_off(everything, n_test, self.seed)
         train, val = split_off(rest, n_val, self.seed + 1)
         return {"train": train, "val": val, "test": test}
 
