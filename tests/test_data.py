@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tests.helpers import make_config
-from vae_lightning.data import InMemoryDataModule
+from vae_lightning.data import InMemoryDataModule, shapes
 from vae_lightning.data.shapes import (
     FACTOR_SIZES,
     GRID_SIZE,
@@ -66,6 +66,33 @@ def test_same_seed_same_splits():
     assert not torch.equal(
         a.split("test").images, ShapesDataModule(size=300, seed=2).split("test").images
     )
+
+
+def test_the_shapes_are_rendered_once_into_the_cache_and_loaded_at_later_runs(
+    tmp_path, monkeypatch
+):
+    cache = tmp_path / "cache"
+    ShapesDataModule(size=300, cache_dir=str(cache)).prepare_data()
+    (path,) = list((cache / "shapes").iterdir())
+    uncached = ShapesDataModule(size=300)
+    uncached.setup()  # rendered, nothing written
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("rendered again")
+
+    monkeypatch.setattr(shapes, "render", no_rendering)
+    second = ShapesDataModule(size=300, cache_dir=str(cache))
+    second.prepare_data()
+    for name in ("train", "val", "test"):
+        assert torch.equal(second.split(name).images, uncached.split(name).images)
+        assert torch.equal(second.split(name).labels, uncached.split(name).labels)
+    assert list((cache / "shapes").iterdir()) == [path]
+    # each size, image size and seed has a file of its own
+    others = [{"size": None}, {"image_size": 64}, {"seed": 1}]
+    paths = {
+        ShapesDataModule(**{"size": 300, "cache_dir": str(cache)} | o).cache_path() for o in others
+    }
+    assert len(paths | {path}) == 4
 
 
 def test_the_in_memory_base_class_is_abstract():

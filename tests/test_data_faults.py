@@ -12,7 +12,8 @@ import torch
 
 from tests.helpers import TINY, run_script
 from tests.test_data_real import write_digit_pngs
-from vae_lightning.data import ImageDataModule, images, sources
+from vae_lightning.data import ImageDataModule, ShapesDataModule, sources
+from vae_lightning.data.cache import load_checked
 from vae_lightning.data.images import decode_all
 from vae_lightning.data.sources import UnreadableImage
 from vae_lightning.errors import ConfigError, UnreadableImageError
@@ -232,6 +233,35 @@ def test_a_damaged_cache_is_rebuilt_with_one_warning(tmp_path, caplog, damage):
     assert torch.equal(rebuilt["labels"], fresh.labels)
 
 
+# The shapes' pixels repeat from image to image: no bytes of them are unique enough to flip.
+SHAPES_DAMAGES = {name: damage for name, damage in DAMAGES.items() if name != "a flipped byte"}
+SHAPES_DAMAGES["another size"] = lambda path, cached: torch.save(
+    {"images": cached["images"][:-1], "labels": cached["labels"][:-1]}, path
+)
+
+
+@pytest.mark.parametrize("damage", SHAPES_DAMAGES)
+def test_a_damaged_shapes_cache_is_rebuilt_with_one_warning(tmp_path, caplog, damage):
+    ShapesDataModule(size=300, cache_dir=str(tmp_path / "cache")).prepare_data()
+    (path,) = cache_files(tmp_path / "cache")
+    SHAPES_DAMAGES[damage](path, torch.load(path, weights_only=True))
+
+    caplog.set_level(logging.INFO)
+    second = ShapesDataModule(size=300, cache_dir=str(tmp_path / "cache"))
+    second.prepare_data()  # the file is there: prepare_data leaves it, setup finds the damage
+    second.setup()
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and warned[0].startswith(f"cache file {path} is damaged (")
+    fresh = ShapesDataModule(size=300)  # no cache: rendered now
+    for name in ("train", "val", "test"):
+        assert torch.equal(second.split(name).images, fresh.split(name).images)
+        assert torch.equal(second.split(name).labels, fresh.split(name).labels)
+    assert second.cache_problem(torch.load(path, weights_only=True)) is None
+    caplog.clear()
+    ShapesDataModule(size=300, cache_dir=str(tmp_path / "cache")).setup()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_a_cache_of_before_the_checksum_is_still_used(tmp_path, caplog):
     write_digit_pngs(tmp_path / "images", per_class=4)
     first = folder_module(tmp_path / "images", tmp_path / "cache")
@@ -308,4 +338,4 @@ def test_a_build_that_fails_midway_leaves_no_cache_and_the_next_run_builds_it(
     datamodule = folder_module(tmp_path / "images", tmp_path / "cache")
     datamodule.setup()
     assert sum(len(datamodule.split(n)) for n in ("train", "val", "test")) == 12
-    assert images.load_checked(cache_files(tmp_path / "cache")[0], datamodule.cache_problem)
+    assert load_checked(cache_files(tmp_path / "cache")[0], datamodule.cache_problem)

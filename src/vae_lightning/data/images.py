@@ -4,9 +4,8 @@ In memory (the default), each official split is decoded once into a uint8 tensor
 one file per (set, where it was found, split, size); later runs load that file. Otherwise the
 images are decoded one by one at every step, for sets that do not fit in memory.
 
-A cache file is written whole or not at all (save_atomically), and checked when it is loaded:
-one that does not load, or does not hold what its name says (keys, shapes, dtypes, checksum),
-is rebuilt from the source with one warning, never used.
+A cache file is written and checked as cache.py says: a damaged one is rebuilt from the source
+with one warning, never used.
 
 An image folder may hold files that cannot be decoded: `unreadable="skip"` leaves them out with
 one warning naming them and their number, `"stop"` stops at the first with one line naming it.
@@ -14,14 +13,14 @@ one warning naming them and their number, `"stop"` stops at the first with one l
 
 import hashlib
 import logging
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from vae_lightning.data.cache import images_problem, load_checked, one_line, save_images
 from vae_lightning.data.in_memory import Batch, InMemoryDataModule, InMemoryImages, split_off
 from vae_lightning.data.sources import ImageFiles, Source, UnreadableImage, find_source
 from vae_lightning.errors import ConfigError, UnreadableImageError
@@ -59,11 +58,6 @@ def _collate(items: list[tuple[int, Any]]) -> tuple[list[int], Batch | None, lis
     good = [(index, item) for index, item in items if not isinstance(item, UnreadableImage)]
     kept = [item for _, item in good if item is not None]
     return [index for index, _ in good], default_collate(kept) if kept else None, bad
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _stop_at(unreadable: str) -> UnreadableImageError:
@@ -108,7 +102,7 @@ def decoded_batches(
             description,
             len(skipped),
             len(dataset),
-            _one_line(named, 2000),
+            one_line(named, 2000),
             f" and {more} more" if more > 0 else "",
         )
 
@@ -132,31 +126,6 @@ def decode_all(
 
 def _names(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(name, str) for name in value)
-
-
-def checksum(data: dict[str, torch.Tensor]) -> int:
-    """CRC-32 of the bytes of the cached tensors: a damaged byte inside them is found on load."""
-    crc = 0
-    for key in ("images", "labels"):
-        crc = zlib.crc32(data[key].contiguous().view(-1).view(torch.uint8).numpy(), crc)
-    return crc
-
-
-def load_checked(path: Path, problem: Callable[[Any], str | None]) -> Any | None:
-    """The contents of a file of save_atomically; None when there is none, or when it is damaged:
-    torch.load fails or `problem(contents)` names what is wrong; then with one warning."""
-    if not path.is_file():
-        return None
-    try:
-        data = torch.load(path, weights_only=True)
-    except Exception as error:  # a damaged file fails in many ways: any failure is damage
-        wrong = f"it does not load: {type(error).__name__}: {error}"
-    else:
-        wrong = problem(data)
-        if wrong is None:
-            return data
-    log.warning("cache file %s is damaged (%s): rebuilding it", path, _one_line(wrong))
-    return None
 
 
 class ImageDataModule(InMemoryDataModule):
@@ -220,27 +189,12 @@ class ImageDataModule(InMemoryDataModule):
         return self.cache_dir / source.name / f"{split}-readable-{where}.pt"
 
     def cache_problem(self, data: Any) -> str | None:
-        """What is wrong with the contents of a cache file, or None: the keys, a uint8 tensor of
-        (N, C, H, W) images of this image_shape, N int64 labels, and their checksum."""
-        if not isinstance(data, dict):
-            return f"a {type(data).__name__}, not a dict"
-        # caches written before the checksum have only images and labels: checked for the rest
-        if not {"images", "labels"} <= set(data) <= {"images", "labels", "crc32", "unreadable"}:
-            return f"keys {sorted(map(str, data))}, not images, labels, crc32, unreadable"
-        if not _names(data.get("unreadable", [])):
+        """What is wrong with the contents of a cache file, or None: its images and labels (see
+        cache.images_problem), and the files left out as unreadable, when it lists them."""
+        wrong = images_problem(data, self.image_shape, extra=("unreadable",))
+        if wrong is None and not _names(data.get("unreadable", [])):
             return "unreadable not a list of file names"
-        images, labels = data["images"], data["labels"]
-        if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
-            return "images or labels not a tensor"
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            return f"images {images.dtype} of shape {tuple(images.shape)}, not uint8 (N, C, H, W)"
-        if tuple(images.shape[1:]) != self.image_shape:
-            return f"images of shape {tuple(images.shape[1:])}, not {self.image_shape}"
-        if labels.dtype != torch.int64 or labels.ndim < 1 or len(labels) != len(images):
-            return f"labels {labels.dtype} {tuple(labels.shape)} for {len(images)} int64 ones"
-        if "crc32" in data and data["crc32"] != checksum(data):
-            return "its checksum does not match its images and labels"
-        return None
+        return wrong
 
     def build_cache(self, source: Source, split: str) -> InMemoryImages | None:
         """Decode a split once and cache it; None when its cache file already exists."""
@@ -256,10 +210,8 @@ class ImageDataModule(InMemoryDataModule):
         split_data = decode_all(
             source.open(split), self.num_workers, description, self.unreadable, skipped
         )
-        data = {"images": split_data.images, "labels": split_data.labels}
         # the files left out are kept too: a later run with unreadable=stop stops at them
-        unreadable = [str(error) for error in skipped]
-        save_atomically(data | {"crc32": checksum(data), "unreadable": unreadable}, path)
+        save_images(path, split_data, unreadable=[str(error) for error in skipped])
         log.info(
             "%s %s: %d images decoded, cached in %s", source.name, split, len(split_data), path
         )
