@@ -81,8 +81,11 @@ def test_unknown_group_option_is_one_line(argv, message, capsys):
 
 
 def test_known_options_and_values_pass_unchanged(tmp_path):
-    argv = ["-m", "model=conv,mlp", "experiment=null", "hydra/launcher=joblib", "model.beta=2"]
+    argv = ["-m", "model=conv,mlp", "hydra/launcher=joblib", "model.beta=2"]
     assert prepare_command_line(ROOT / "conf", "train", argv) == argv
+    # a group set to null: Hydra takes none on the command line (a traceback), only ~group
+    no_experiment = prepare_command_line(ROOT / "conf", "train", [*argv, "experiment=null"])
+    assert no_experiment == [*argv, "~experiment"]
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "mine.yaml").write_text("network: mlp\n")
     argv = ["--config-dir", str(tmp_path), "model=mine"]  # a group option from another folder
