@@ -254,6 +254,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.holding = True
 
     def release(self) -> None:
+        if not (self.held or self.removals):
+            return  # the common case: at every training step's start
         held, self.held = self.held, {}
         removals, self.removals = self.removals, []
         for path, partial in held.items():  # the new files first: a kill between keeps both
