@@ -57,6 +57,7 @@ def test_eval_script_rebuilds_the_run_and_writes_the_metrics(tmp_path):
             "eval",
             overrides=[
                 f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                f"paths.root_dir={ROOT}",  # composed outside a Hydra run: no ${hydra:runtime.cwd}
                 "data=shapes",
                 "data.size=100",
                 "data.image_size=16",
