@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.distributions import MultivariateNormal, kl_divergence
+from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from tests.helpers import TINY, make_config, read_tensorboard, run_script
 from vae_lightning.config import check_config
@@ -312,7 +312,17 @@ def test_forward_and_backward_on_every_depth_and_image_shape(n_layers, shape):
     assert model.encode(x)[0].shape == (3, 2)
     assert model.reconstruct(x).shape == x.shape
     assert model.sample(2, temperature=0.7).shape == (2, *shape)
-    assert [kl.shape for kl in model.kl_per_dim_by_layer(x)] == [(3, 2)] * n_layers
+    layers = model.posterior_by_layer(x)
+    assert [layer.kl_per_dim.shape for layer in layers] == [(3, 2)] * n_layers
+    _, steps = model.hierarchy.posterior_path(x)
+    for layer, step in zip(layers, steps, strict=True):
+        torch.testing.assert_close(layer.mean, step.posterior[0].flatten(1))
+        (mu_q, logvar_q), (mu_p, logvar_p) = step.posterior, step.prior
+        kl = kl_divergence(
+            Normal(mu_q, (0.5 * logvar_q).exp()), Normal(mu_p, (0.5 * logvar_p).exp())
+        )
+        torch.testing.assert_close(layer.kl_per_dim.sum(1), kl.flatten(1).sum(1))
+    torch.testing.assert_close(layers[-1].mean, model.encode(x)[0])
 
 
 def test_sample_at_temperature_zero_is_the_decoding_of_the_prior_means():

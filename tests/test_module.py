@@ -31,6 +31,10 @@ def test_public_api_shapes_and_channels_last_inputs():
     torch.testing.assert_close(
         model.kl_per_dim(x).sum(dim=-1).mean(), model.elbo_terms(x).kl.mean()
     )
+    # one layer: posterior_by_layer is the posterior mean and the KL per dimension, from one pass
+    (layer,) = model.posterior_by_layer(x)
+    torch.testing.assert_close(layer.mean, mu)
+    torch.testing.assert_close(layer.kl_per_dim, model.kl_per_dim(x))
 
 
 def scalars(events, tag: str) -> dict[int, float]:

@@ -233,8 +233,10 @@ class KLPerDimension(EpochImages):
 
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
         images, _ = trainer.datamodule.examples("test", self.n_images)
-        kls = model.kl_per_dim_by_layer(images.to(model.device))
-        return {"kl_per_dim": rendered(kl_figure([kl.mean(dim=0) for kl in kls]))}
+        layers = model.posterior_by_layer(images.to(model.device))
+        return {
+            "kl_per_dim": rendered(kl_figure([layer.kl_per_dim.mean(dim=0) for layer in layers]))
+        }
 
 
 # --- console -------------------------------------------------------------------------------------

@@ -94,11 +94,11 @@ def evaluate_model(
 
             if len(bounded):
                 iwae.append(iwae_bound(draws, iwae_k, len(bounded), max_rows))
-            means = model.posterior_means_by_layer(images)
-            layer_mus.append(means)
-            mus.append(means[-1])  # the top layer's: encode(x)'s mean, without a second pass
+            layers = model.posterior_by_layer(images)
+            layer_mus.append([layer.mean for layer in layers])
+            mus.append(layers[-1].mean)  # the top layer's: encode(x)'s mean
             labels.append(batch_labels)
-            kls.append(torch.cat(model.kl_per_dim_by_layer(images), dim=1))
+            kls.append(torch.cat([layer.kl_per_dim for layer in layers], dim=1))
             if hierarchical:
                 layer_kls.append(model.elbo_terms(images).kl_per_layer)
     bounds = torch.cat(iwae)

@@ -1,6 +1,6 @@
 """The LightningModule: encoder q(z|x), decoder p(x|z), the prior p(z) and a training objective."""
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -18,6 +18,13 @@ from vae_lightning.hierarchical import build_hierarchy, per_channel
 from vae_lightning.networks import build_networks
 from vae_lightning.objectives import ELBO, ObjectiveOutput, TrainingState
 from vae_lightning.priors import build_prior
+
+
+class LayerPosterior(NamedTuple):
+    """One stochastic layer's posterior, per image, for pictures and metrics."""
+
+    mean: torch.Tensor  # E_q[z_l], flattened (batch, units of the layer): what active units count
+    kl_per_dim: torch.Tensor  # KL(q || p) of each latent dimension (batch, dims of the layer)
 
 
 class VAE(
@@ -60,8 +67,8 @@ class VAE(
     `encode(x)` is the top layer's posterior q(z_L|x), `decode(z)` the top-down pass from
     z_L = z with every layer below at its prior mean, `reconstruct(x)` every layer at its
     posterior mean, `sample(n, temperature=t)` ancestral draws with each prior's sd times t,
-    `kl_per_dim(x)` the top layer's, and `kl_per_dim_by_layer(x)` / `posterior_means_by_layer(x)`
-    every layer's (along the posterior means).
+    `kl_per_dim(x)` the top layer's, and `posterior_by_layer(x)` every layer's posterior mean and
+    KL per dimension (along the posterior means).
 
     `grad_skip_threshold` > 0 skips outlier updates as VDVAE does (Child 2021): a step whose
     gradient norm exceeds it, or is not finite, has its gradients zeroed (see
@@ -220,11 +227,12 @@ class VAE(
         )
 
     def kl_per_dim(self, x: torch.Tensor) -> torch.Tensor:
-        """KL(q(z_d|x) || p(z_d)) of each latent dimension d, per image (batch, latent_dim).
+        """KL(q(z_d|x) || p(z_d)) of each latent dimension d, per image (batch, latent_dim)."""
+        return self._kl_per_dim(*self.encode(x))
 
-        A prior without a closed-form KL is estimated at draws of a generator of its own, so
-        drawing pictures or metrics does not move the random stream that training uses."""
-        mu, logvar = self.encode(x)
+    def _kl_per_dim(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        # A prior without a closed-form KL is estimated at draws of a generator of its own, so
+        # drawing pictures or metrics does not move the random stream that training uses.
         z = None
         if not self.prior.analytic_kl:
             generator = torch.Generator(mu.device).manual_seed(0)
@@ -232,22 +240,21 @@ class VAE(
             z = mu + eps * (0.5 * logvar).exp()
         return self.prior.kl_per_dim(mu, logvar, z)
 
-    def kl_per_dim_by_layer(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each stochastic layer's KL per latent dimension (batch, latent_dims[l]), bottom first;
-        a map layer's dimension is a channel, its KL summed over the positions. In a hierarchy,
-        along the posterior means (z_>l at E_q), so the numbers are deterministic."""
+    def posterior_by_layer(self, x: torch.Tensor) -> list[LayerPosterior]:
+        """Each stochastic layer's posterior mean and KL per latent dimension, bottom first, from
+        one pass over x. A map layer's dimension is a channel, its KL summed over the positions;
+        in a hierarchy both are taken along the posterior means (z_>l at E_q), so the numbers
+        are deterministic."""
         if self.hierarchy is None:
-            return [self.kl_per_dim(x)]
+            mu, logvar = self.encode(x)
+            return [LayerPosterior(mu, self._kl_per_dim(mu, logvar))]
         _, steps = self.hierarchy.posterior_path(self._in_memory_format(x))
-        return [per_channel(gaussian_kl_per_dim(*s.posterior, *s.prior)) for s in steps]
-
-    def posterior_means_by_layer(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each layer's posterior mean E_q[z_l], flattened (batch, units of layer l), bottom first
-        (along the posterior means): what active units count."""
-        if self.hierarchy is None:
-            return [self.encode(x)[0]]
-        _, steps = self.hierarchy.posterior_path(self._in_memory_format(x))
-        return [step.z.flatten(1) for step in steps]
+        return [
+            LayerPosterior(
+                step.z.flatten(1), per_channel(gaussian_kl_per_dim(*step.posterior, *step.prior))
+            )
+            for step in steps
+        ]
 
     # --- training ----------------------------------------------------------------------------
 
