@@ -227,12 +227,13 @@ class VAE(
         )
 
     def kl_per_dim(self, x: torch.Tensor) -> torch.Tensor:
-        """KL(q(z_d|x) || p(z_d)) of each latent dimension d, per image (batch, latent_dim)."""
+        """KL(q(z_d|x) || p(z_d)) of each latent dimension d, per image (batch, latent_dim).
+
+        A prior without a closed-form KL is estimated at draws of a generator of its own, so
+        drawing pictures or metrics does not move the random stream that training uses."""
         return self._kl_per_dim(*self.encode(x))
 
     def _kl_per_dim(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        # A prior without a closed-form KL is estimated at draws of a generator of its own, so
-        # drawing pictures or metrics does not move the random stream that training uses.
         z = None
         if not self.prior.analytic_kl:
             generator = torch.Generator(mu.device).manual_seed(0)
