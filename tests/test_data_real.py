@@ -107,7 +107,7 @@ def test_dynamic_binarisation_fresh_in_training_fixed_in_evaluation(cache_dir):
     trained = [datamodule.on_after_batch_transfer(batch, 0)[0] for _ in range(2)]
     for images in (*evaluated, *trained):
         assert set(images.unique().tolist()) == {0.0, 1.0}
-        assert images.mean() == pytest.approx(grey.float().mean() / 255, abs=0.01)
+        assert images.mean().item() == pytest.approx(grey.float().mean().item() / 255, abs=0.01)
     assert torch.equal(*evaluated) and not torch.equal(*trained)
 
 

@@ -75,8 +75,8 @@ def test_principal_components_find_the_widest_directions():
     points = torch.randn(500, 3) * torch.tensor([0.1, 5.0, 1.0])
     xy = principal_components(points)
     assert xy.shape == (500, 2)
-    assert xy[:, 0].std() == pytest.approx(points[:, 1].std(), rel=1e-4)
-    assert xy[:, 1].std() == pytest.approx(points[:, 2].std(), rel=1e-2)
+    assert xy[:, 0].std().item() == pytest.approx(points[:, 1].std().item(), rel=1e-4)
+    assert xy[:, 1].std().item() == pytest.approx(points[:, 2].std().item(), rel=1e-2)
 
 
 @pytest.mark.parametrize(

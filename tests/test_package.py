@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import venv
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +13,14 @@ import yaml
 from tests.helpers import ROOT, TINY
 
 pytestmark = pytest.mark.slow
+
+
+PURELIB = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+
+
+def site_packages() -> list[str]:
+    """The folders this interpreter imports installed packages from."""
+    return [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
 
 
 def run(*args, cwd, check=True):
@@ -25,9 +34,14 @@ def test_an_installed_wheel_trains_from_any_directory_with_a_users_own_config(tm
     run(sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q",
         "-w", str(dist), cwd=ROOT)  # fmt: skip
     (wheel,) = dist.glob("vae_lightning-*.whl")
-    # torch and the rest from this interpreter's site-packages; the package only from the wheel
-    venv.create(env, system_site_packages=True, with_pip=True)
+    # torch and the rest from the site-packages of the environment running the tests (a venv or
+    # not: a venv's system_site_packages would be its base interpreter's, without them), added
+    # as plain paths after the new environment's own, where the wheel goes; plain paths, not site
+    # dirs, so the .pth of this checkout's editable install is not read there
+    venv.create(env, with_pip=True)
     python, bin_dir = env / "bin" / "python", env / "bin"
+    purelib = Path(run(python, "-c", PURELIB, cwd=tmp_path).stdout.strip())
+    (purelib / "tested_environment.pth").write_text("\n".join(site_packages()) + "\n")
     run(python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel), cwd=tmp_path)
     elsewhere.mkdir()
     located = run(python, "-c", "import vae_lightning.conf as c; print(c.__file__)", cwd=elsewhere)
