@@ -23,10 +23,6 @@ class TrainingState:
     step: int = 0
     dataset_size: int = 1
 
-    @classmethod
-    def evaluation(cls, beta: float, step: int = 0, dataset_size: int = 1) -> "TrainingState":
-        return cls(kl_weight=beta, free_bits=0.0, step=step, dataset_size=dataset_size)
-
 
 @dataclass
 class ObjectiveOutput:
