@@ -112,6 +112,69 @@ def test_mws_carries_constant_offsets_in_log_dataset_size():
     torch.testing.assert_close(kl, kl1 - 3 * math.log(n))
 
 
+def exact_log_aggregates(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor):
+    """log q(z_i) and sum_d log q(z_id) of the whole data set of posteriors mu, logvar (N, D)."""
+    per_dim = diagonal_gaussian_log_prob(
+        z[:, None, :, None], mu[None, :, :, None], logvar[None, :, :, None]
+    )
+    log_n = math.log(len(mu))
+    log_qz = torch.logsumexp(per_dim.sum(dim=-1), dim=1) - log_n
+    return log_qz, (torch.logsumexp(per_dim, dim=1) - log_n).sum(dim=-1)
+
+
+def test_mws_overstates_tc_by_up_to_d_log_n_minus_log_m():
+    """The upper end of MWS's TC bias, reached exactly: a data set of N = 2^D posteriors, one at
+    each corner of the hypercube {-a, a}^D, a far beyond sigma. Jointly they are far apart, so
+    the batch holds all the mass at z_i and log q(z_i) comes out log M short; in each dim the
+    posteriors are alike by halves, the batch (two opposite corners) holds 1 of the N/2 at z_id,
+    and each log q(z_id) comes out log N short. TC = log q(z) - sum_d log q(z_d) comes out
+    D log N - log M too high, log N - log M beyond the (D - 1) log N once documented."""
+    d, a = 10, 10.0
+    corners = torch.cartesian_prod(*[torch.tensor([-a, a], dtype=torch.float64)] * d)
+    logvar = torch.zeros_like(corners)
+    batch = torch.stack([corners[0], corners[-1]])  # opposite corners: apart in every dim
+    z = batch + torch.randn(
+        batch.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    n, m = len(corners), len(batch)
+
+    mi, tc, dim_kl = decompose_kl(z, batch, logvar[:m], n, "mws")
+    log_qz, log_prod_marginals = exact_log_aggregates(z, corners, logvar)
+    log_qz_x = diagonal_gaussian_log_prob(z, batch, logvar[:m])
+    bias = (tc - (log_qz - log_prod_marginals)).mean().item()
+
+    assert bias == pytest.approx(d * math.log(n) - math.log(m), abs=1e-9)  # 68.62 nats
+    assert bias > (d - 1) * math.log(n) + 6  # 62.38: the old bound, exceeded by log(N / M)
+    torch.testing.assert_close(mi, log_qz_x - log_qz + math.log(m))  # MI: log M too high
+    log_pz = diagonal_gaussian_log_prob(z)
+    torch.testing.assert_close(dim_kl, log_prod_marginals - log_pz - d * math.log(n))
+
+
+def test_stratified_sampling_of_a_batch_of_one_gives_no_mi_and_no_tc():
+    """With no other image to stand for the rest of the data set, the image's own posterior
+    stands for q(z): the weight 1, MI = TC = 0, and dim-KL is the single-sample KL."""
+    assert log_aggregate_weights(1, 1000, "mss", torch.float64).tolist() == [[0.0]]
+    mu = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    logvar = torch.tensor([[0.0, math.log(4.0)]], dtype=torch.float64)
+    z = torch.tensor([[1.5, 1.0]], dtype=torch.float64)
+    mi, tc, dim_kl = decompose_kl(z, mu, logvar, 1000, "mss")
+    assert mi.tolist() == [0.0] and tc.tolist() == [0.0]
+    # log q(z|x) = -(1^2 + (2/2)^2)/2 - log 2 - log(2 pi), log p(z) = -(1.5^2 + 1^2)/2 - log(2 pi)
+    by_hand = -0.5 * 2 - math.log(2.0) + 0.5 * (1.5**2 + 1.0)
+    assert dim_kl.item() == pytest.approx(by_hand, abs=1e-12)
+
+    torch.manual_seed(0)
+    model = TinyVAE()
+    torch.manual_seed(1)
+    out = BetaTC(alpha=1.0, beta=6.0, gamma=2.0, sampling="mss")(
+        model, images(1), TrainingState(dataset_size=1000)
+    )
+    t = out.terms
+    kl = diagonal_gaussian_log_prob(t.z, t.mu, t.logvar) - diagonal_gaussian_log_prob(t.z)
+    torch.testing.assert_close(out.loss, (t.recon + 2.0 * kl).mean())
+    assert out.logged["mi"].item() == 0 and out.logged["tc"].item() == 0
+
+
 def gaussian_aggregate_batch(m: int, cov: torch.Tensor, s: float, g: torch.Generator):
     """A batch whose aggregate posterior is N(0, cov): mu ~ N(0, cov - s^2 I), sigma = s."""
     d = len(cov)
@@ -289,6 +352,26 @@ def test_each_network_gets_the_gradient_of_its_own_loss_only():
     )
 
 
+def test_factor_vae_on_a_batch_of_one_trains_the_vae_alone():
+    """One image gives the discriminator no pair of samples to compare: its loss is 0, nothing
+    of it is logged, and the VAE's loss is the ELBO loss plus gamma times D's logit difference."""
+    torch.manual_seed(0)
+    model = TinyVAE()
+    objective = FactorVAE(latent_dim=LATENT, gamma=10.0, discriminator_hidden=16)
+    assert discriminator_loss(objective.discriminator, torch.zeros(1, LATENT)) is None
+    torch.manual_seed(1)
+    losses = objective.losses(model, images(1), TrainingState(kl_weight=0.5))
+    logits = objective.discriminator(losses.terms.z)
+    by_hand = losses.terms.loss(0.5) + 10.0 * (logits[:, 0] - logits[:, 1]).mean()
+    torch.testing.assert_close(losses.vae_loss, by_hand)
+    assert losses.discriminator_loss.item() == 0
+    assert set(losses.logged) == {"tc", "vae_loss"}
+    objective.zero_grad(set_to_none=True)
+    (losses.vae_loss + losses.discriminator_loss).backward()
+    assert all(p.grad is None for p in objective.discriminator.parameters())
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def grads_free_copy(module: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.parameters()]
 
@@ -346,6 +429,26 @@ def test_dip_vae_defaults_and_loss():
     penalty = dip_penalty(dip_covariance(mu, logvar, "ii"), 2.0, 2.0)
     torch.testing.assert_close(out.loss, terms.loss(0.5) + penalty)
     torch.testing.assert_close(out.logged["dip_penalty"], penalty)
+
+
+def test_dip_vae_on_a_batch_of_one_sees_no_spread_of_the_means():
+    """Cov[mu] of one image is 0: DIP-I's C is 0 (penalty lambda_d * D, no gradient), DIP-II's
+    is diag(sigma^2) of the image."""
+    mu = torch.tensor([[0.3, -1.2, 2.0]], requires_grad=True)
+    logvar = torch.tensor([[math.log(0.5), math.log(2.0), 0.0]])
+    torch.testing.assert_close(dip_covariance(mu, logvar, "i"), torch.zeros(3, 3))
+    torch.testing.assert_close(
+        dip_covariance(mu, logvar, "ii"), torch.diag(torch.tensor([0.5, 2.0, 1.0]))
+    )
+    kl_per_dim = gaussian_kl_per_dim(mu, logvar)
+    terms = ELBOTerms(torch.tensor([7.0]), kl_per_dim.sum(-1), kl_per_dim, mu, logvar, mu)
+    state = TrainingState(kl_weight=1.0)
+    dip_i = DIPVAE("i", lambda_od=10.0)(FixedTerms(terms), None, state)
+    assert dip_i.logged["dip_penalty"].item() == pytest.approx(100.0 * 3)
+    (grad,) = torch.autograd.grad(dip_i.loss - terms.loss(1.0), mu)
+    assert grad.abs().max() < 1e-6
+    dip_ii = DIPVAE("ii", lambda_od=10.0)(FixedTerms(terms), None, state)
+    assert dip_ii.logged["dip_penalty"].item() == pytest.approx(10.0 * (0.5**2 + 1.0**2))
 
 
 @pytest.mark.parametrize(
