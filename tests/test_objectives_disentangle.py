@@ -3,9 +3,11 @@ gradient separation, DIP-VAE's covariance penalty and the capacity schedule of B
 
 import math
 
+import lightning as L
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from vae_lightning.elbo import (
     Bernoulli,
@@ -14,6 +16,7 @@ from vae_lightning.elbo import (
     gaussian_kl_per_dim,
     reparameterize,
 )
+from vae_lightning.module import VAE
 from vae_lightning.objectives.base import TrainingState
 from vae_lightning.objectives.beta_tc import BetaTC, decompose_kl, log_aggregate_weights
 from vae_lightning.objectives.capacity import Capacity, capacity_at
@@ -503,3 +506,64 @@ def test_capacity_loss_on_a_constructed_batch():
 def test_capacity_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         Capacity(**kwargs)
+
+
+# --- training on plain dataloaders, with last batches of one image ---------------------------
+
+
+def fit_on_plain_dataloaders(objective: dict, n_train: int, n_val: int, batch_size: int) -> VAE:
+    """One epoch of Trainer.fit, given DataLoaders of random 1x4x4 images (no datamodule)."""
+    g = torch.Generator().manual_seed(0)
+
+    def loader(n: int) -> DataLoader:
+        return DataLoader(
+            TensorDataset(torch.rand(n, 1, 4, 4, generator=g), torch.zeros(n)),
+            batch_size=batch_size,
+        )
+
+    torch.manual_seed(0)
+    model = VAE((1, 4, 4), network="mlp", latent_dim=LATENT, hidden_dims=(8,), objective=objective)
+    trainer = L.Trainer(
+        max_epochs=1,
+        log_every_n_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, loader(n_train), loader(n_val))
+    assert trainer.state.finished
+    return model
+
+
+BETA_TC = "vae_lightning.objectives.beta_tc.BetaTC"
+
+
+def test_beta_tc_fit_on_plain_dataloaders_knows_the_training_set_size():
+    """Without a datamodule the size comes from the dataloader fit iterates, not N = 1 (with
+    which stratified sampling makes MI and TC exactly 0)."""
+    model = fit_on_plain_dataloaders({"_target_": BETA_TC, "sampling": "mss"}, 40, 16, 8)
+    assert model.dataset_size == 40
+    metrics = model.trainer.callback_metrics
+    for stage in ("train", "val"):  # posteriors near the prior at the start: small, not 0
+        assert metrics[f"{stage}/mi"] > 0.01 and metrics[f"{stage}/tc"] != 0
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        {"_target_": "vae_lightning.objectives.dip.DIPVAE", "variant": "i"},
+        {"_target_": "vae_lightning.objectives.dip.DIPVAE", "variant": "ii"},
+        {"_target_": BETA_TC, "sampling": "mss"},
+        {"_target_": "vae_lightning.objectives.factor.FactorVAE", "latent_dim": LATENT,
+         "discriminator_hidden": 8, "discriminator_layers": 1},
+    ],
+    ids=["dip-i", "dip-ii", "beta_tc-mss", "factor"],
+)  # fmt: skip
+def test_a_last_batch_of_one_image_trains_and_validates(objective):
+    """17 training and 9 validation images in batches of 8: both end on a batch of one."""
+    model = fit_on_plain_dataloaders(objective, 17, 9, 8)
+    metrics = model.trainer.callback_metrics
+    logged = [name for name in metrics if name.startswith(("train/", "val/"))]
+    assert "val/loss" in logged and "train/loss" in logged
+    assert all(math.isfinite(metrics[name]) for name in logged), metrics

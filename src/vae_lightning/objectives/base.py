@@ -42,8 +42,11 @@ class Objective(nn.Module):
     An nn.Module, so an objective with its own networks (FactorVAE's discriminator) keeps them
     in the model's state_dict and checkpoint. `param_groups(model)` lists extra optimiser
     parameter groups (dicts as torch.optim takes them) for those networks; their parameters
-    are then left out of the model's own group.
+    are then left out of the model's own group. `needs_dataset_size`: the objective reads
+    TrainingState.dataset_size, so training refuses data whose size is unknown.
     """
+
+    needs_dataset_size: bool = False
 
     def forward(self, model: Any, x: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
         raise NotImplementedError

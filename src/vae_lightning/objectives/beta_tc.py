@@ -110,6 +110,8 @@ class BetaTC(Objective):
     Logged: "mi", "tc", "dim_kl" (batch means, in nats).
     """
 
+    needs_dataset_size = True
+
     def __init__(
         self, alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0, sampling: str = "mws"
     ):
