@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from vae_lightning.elbo import (
     Bernoulli,
@@ -547,6 +547,22 @@ def test_beta_tc_fit_on_plain_dataloaders_knows_the_training_set_size():
     metrics = model.trainer.callback_metrics
     for stage in ("train", "val"):  # posteriors near the prior at the start: small, not 0
         assert metrics[f"{stage}/mi"] > 0.01 and metrics[f"{stage}/tc"] != 0
+
+
+class Stream(IterableDataset):
+    """Images with no len(): how many there are is unknown."""
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(0)
+        return ((torch.rand(1, 4, 4, generator=g), 0) for _ in range(16))
+
+
+def test_beta_tc_refuses_training_data_of_unknown_size():
+    model = VAE((1, 4, 4), network="mlp", latent_dim=LATENT, hidden_dims=(8,),
+                objective={"_target_": BETA_TC})  # fmt: skip
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match="BetaTC needs the number of training images"):
+        trainer.fit(model, DataLoader(Stream(), batch_size=8))
 
 
 @pytest.mark.parametrize(

@@ -30,14 +30,15 @@ def log_aggregate_weights(
     from a data set of N, where z_i was sampled from q(z|x_i).
 
     "mws", minibatch-weighted sampling as Chen et al. 2018 define it: w_ij = 1/(NM)
-    for all j. It is biased low: against the exact log q(z_i) = log (1/N) sum_n q(z_i|x_n),
-    its estimate falls short by b = log M + log(sum_n q(z_i|x_n) / sum_j q(z_i|x_j)), at least
-    log M (the batch is part of the data set: posteriors far apart) and log N when the
-    posteriors all agree at z_i. The same holds for each marginal q(z_id), so with D latent
-    dims the logged terms carry, on top of the exact ones, b_joint in MI, sum_d b_d - b_joint
-    in TC and -sum_d b_d in dim-KL: TC is off by between D log M - log N and D log N - log M,
-    the upper end where the joint posteriors are far apart and their marginals alike. The
-    gradients barely feel it (the bias is nearly constant), the logged numbers do.
+    for all j. It is biased low: its log q(z_i) falls short of the exact log (1/N) sum_n
+    q(z_i|x_n) by b = log M + log(sum_n q(z_i|x_n) / sum_j q(z_i|x_j)) (n over the data set, j
+    over the batch): at least log M, reached when the batch holds all the mass at z_i
+    (posteriors far apart), log N when it holds its share M/N (posteriors alike), more only
+    when it holds less by chance. The same holds for each marginal q(z_id), so of the logged
+    terms MI is off by b_joint, dim-KL by -sum_d b_d and TC by sum_d b_d - b_joint: up to
+    D log N - log M over D latent dims, when the joint posteriors are far apart and their
+    marginals alike (not (D - 1) log N, the all-alike case). The gradients barely feel it (b is
+    nearly constant), the logged numbers do.
     "mss", stratified: the term of the image z_i was drawn from is known exactly, the rest of
     the data set is estimated from the other M - 1 images: w_ii = 1/N, w_ij = (N-1)/(N(M-1)).
     The weights of each row sum to one, so q(z_i) is estimated without bias whichever regime the
