@@ -3,9 +3,11 @@ gradient separation, DIP-VAE's covariance penalty and the capacity schedule of B
 
 import math
 
+import lightning as L
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from vae_lightning.elbo import (
     Bernoulli,
@@ -14,6 +16,7 @@ from vae_lightning.elbo import (
     gaussian_kl_per_dim,
     reparameterize,
 )
+from vae_lightning.module import VAE
 from vae_lightning.objectives.base import TrainingState
 from vae_lightning.objectives.beta_tc import BetaTC, decompose_kl, log_aggregate_weights
 from vae_lightning.objectives.capacity import Capacity, capacity_at
@@ -110,6 +113,69 @@ def test_mws_carries_constant_offsets_in_log_dataset_size():
     torch.testing.assert_close(mi, mi1 + math.log(n))
     torch.testing.assert_close(tc, tc1 + 2 * math.log(n))
     torch.testing.assert_close(kl, kl1 - 3 * math.log(n))
+
+
+def exact_log_aggregates(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor):
+    """log q(z_i) and sum_d log q(z_id) of the whole data set of posteriors mu, logvar (N, D)."""
+    per_dim = diagonal_gaussian_log_prob(
+        z[:, None, :, None], mu[None, :, :, None], logvar[None, :, :, None]
+    )
+    log_n = math.log(len(mu))
+    log_qz = torch.logsumexp(per_dim.sum(dim=-1), dim=1) - log_n
+    return log_qz, (torch.logsumexp(per_dim, dim=1) - log_n).sum(dim=-1)
+
+
+def test_mws_overstates_tc_by_up_to_d_log_n_minus_log_m():
+    """The upper end of MWS's TC bias, reached exactly: a data set of N = 2^D posteriors, one at
+    each corner of the hypercube {-a, a}^D, a far beyond sigma. Jointly they are far apart, so
+    the batch holds all the mass at z_i and log q(z_i) comes out log M short; in each dim the
+    posteriors are alike by halves, the batch (two opposite corners) holds 1 of the N/2 at z_id,
+    and each log q(z_id) comes out log N short. TC = log q(z) - sum_d log q(z_d) comes out
+    D log N - log M too high, log N - log M beyond the (D - 1) log N once documented."""
+    d, a = 10, 10.0
+    corners = torch.cartesian_prod(*[torch.tensor([-a, a], dtype=torch.float64)] * d)
+    logvar = torch.zeros_like(corners)
+    batch = torch.stack([corners[0], corners[-1]])  # opposite corners: apart in every dim
+    z = batch + torch.randn(
+        batch.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    n, m = len(corners), len(batch)
+
+    mi, tc, dim_kl = decompose_kl(z, batch, logvar[:m], n, "mws")
+    log_qz, log_prod_marginals = exact_log_aggregates(z, corners, logvar)
+    log_qz_x = diagonal_gaussian_log_prob(z, batch, logvar[:m])
+    bias = (tc - (log_qz - log_prod_marginals)).mean().item()
+
+    assert bias == pytest.approx(d * math.log(n) - math.log(m), abs=1e-9)  # 68.62 nats
+    assert bias > (d - 1) * math.log(n) + 6  # 62.38: the old bound, exceeded by log(N / M)
+    torch.testing.assert_close(mi, log_qz_x - log_qz + math.log(m))  # MI: log M too high
+    log_pz = diagonal_gaussian_log_prob(z)
+    torch.testing.assert_close(dim_kl, log_prod_marginals - log_pz - d * math.log(n))
+
+
+def test_stratified_sampling_of_a_batch_of_one_gives_no_mi_and_no_tc():
+    """With no other image to stand for the rest of the data set, the image's own posterior
+    stands for q(z): the weight 1, MI = TC = 0, and dim-KL is the single-sample KL."""
+    assert log_aggregate_weights(1, 1000, "mss", torch.float64).tolist() == [[0.0]]
+    mu = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    logvar = torch.tensor([[0.0, math.log(4.0)]], dtype=torch.float64)
+    z = torch.tensor([[1.5, 1.0]], dtype=torch.float64)
+    mi, tc, dim_kl = decompose_kl(z, mu, logvar, 1000, "mss")
+    assert mi.tolist() == [0.0] and tc.tolist() == [0.0]
+    # log q(z|x) = -(1^2 + (2/2)^2)/2 - log 2 - log(2 pi), log p(z) = -(1.5^2 + 1^2)/2 - log(2 pi)
+    by_hand = -0.5 * 2 - math.log(2.0) + 0.5 * (1.5**2 + 1.0)
+    assert dim_kl.item() == pytest.approx(by_hand, abs=1e-12)
+
+    torch.manual_seed(0)
+    model = TinyVAE()
+    torch.manual_seed(1)
+    out = BetaTC(alpha=1.0, beta=6.0, gamma=2.0, sampling="mss")(
+        model, images(1), TrainingState(dataset_size=1000)
+    )
+    t = out.terms
+    kl = diagonal_gaussian_log_prob(t.z, t.mu, t.logvar) - diagonal_gaussian_log_prob(t.z)
+    torch.testing.assert_close(out.loss, (t.recon + 2.0 * kl).mean())
+    assert out.logged["mi"].item() == 0 and out.logged["tc"].item() == 0
 
 
 def gaussian_aggregate_batch(m: int, cov: torch.Tensor, s: float, g: torch.Generator):
@@ -289,6 +355,26 @@ def test_each_network_gets_the_gradient_of_its_own_loss_only():
     )
 
 
+def test_factor_vae_on_a_batch_of_one_trains_the_vae_alone():
+    """One image gives the discriminator no pair of samples to compare: its loss is 0, nothing
+    of it is logged, and the VAE's loss is the ELBO loss plus gamma times D's logit difference."""
+    torch.manual_seed(0)
+    model = TinyVAE()
+    objective = FactorVAE(latent_dim=LATENT, gamma=10.0, discriminator_hidden=16)
+    assert discriminator_loss(objective.discriminator, torch.zeros(1, LATENT)) is None
+    torch.manual_seed(1)
+    losses = objective.losses(model, images(1), TrainingState(kl_weight=0.5))
+    logits = objective.discriminator(losses.terms.z)
+    by_hand = losses.terms.loss(0.5) + 10.0 * (logits[:, 0] - logits[:, 1]).mean()
+    torch.testing.assert_close(losses.vae_loss, by_hand)
+    assert losses.discriminator_loss.item() == 0
+    assert set(losses.logged) == {"tc", "vae_loss"}
+    objective.zero_grad(set_to_none=True)
+    (losses.vae_loss + losses.discriminator_loss).backward()
+    assert all(p.grad is None for p in objective.discriminator.parameters())
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def grads_free_copy(module: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.parameters()]
 
@@ -348,6 +434,26 @@ def test_dip_vae_defaults_and_loss():
     torch.testing.assert_close(out.logged["dip_penalty"], penalty)
 
 
+def test_dip_vae_on_a_batch_of_one_sees_no_spread_of_the_means():
+    """Cov[mu] of one image is 0: DIP-I's C is 0 (penalty lambda_d * D, no gradient), DIP-II's
+    is diag(sigma^2) of the image."""
+    mu = torch.tensor([[0.3, -1.2, 2.0]], requires_grad=True)
+    logvar = torch.tensor([[math.log(0.5), math.log(2.0), 0.0]])
+    torch.testing.assert_close(dip_covariance(mu, logvar, "i"), torch.zeros(3, 3))
+    torch.testing.assert_close(
+        dip_covariance(mu, logvar, "ii"), torch.diag(torch.tensor([0.5, 2.0, 1.0]))
+    )
+    kl_per_dim = gaussian_kl_per_dim(mu, logvar)
+    terms = ELBOTerms(torch.tensor([7.0]), kl_per_dim.sum(-1), kl_per_dim, mu, logvar, mu)
+    state = TrainingState(kl_weight=1.0)
+    dip_i = DIPVAE("i", lambda_od=10.0)(FixedTerms(terms), None, state)
+    assert dip_i.logged["dip_penalty"].item() == pytest.approx(100.0 * 3)
+    (grad,) = torch.autograd.grad(dip_i.loss - terms.loss(1.0), mu)
+    assert grad.abs().max() < 1e-6
+    dip_ii = DIPVAE("ii", lambda_od=10.0)(FixedTerms(terms), None, state)
+    assert dip_ii.logged["dip_penalty"].item() == pytest.approx(10.0 * (0.5**2 + 1.0**2))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
@@ -400,3 +506,80 @@ def test_capacity_loss_on_a_constructed_batch():
 def test_capacity_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         Capacity(**kwargs)
+
+
+# --- training on plain dataloaders, with last batches of one image ---------------------------
+
+
+def fit_on_plain_dataloaders(objective: dict, n_train: int, n_val: int, batch_size: int) -> VAE:
+    """One epoch of Trainer.fit, given DataLoaders of random 1x4x4 images (no datamodule)."""
+    g = torch.Generator().manual_seed(0)
+
+    def loader(n: int) -> DataLoader:
+        return DataLoader(
+            TensorDataset(torch.rand(n, 1, 4, 4, generator=g), torch.zeros(n)),
+            batch_size=batch_size,
+        )
+
+    torch.manual_seed(0)
+    model = VAE((1, 4, 4), network="mlp", latent_dim=LATENT, hidden_dims=(8,), objective=objective)
+    trainer = L.Trainer(
+        max_epochs=1,
+        log_every_n_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, loader(n_train), loader(n_val))
+    assert trainer.state.finished
+    return model
+
+
+BETA_TC = "vae_lightning.objectives.beta_tc.BetaTC"
+
+
+def test_beta_tc_fit_on_plain_dataloaders_knows_the_training_set_size():
+    """Without a datamodule the size comes from the dataloader fit iterates, not N = 1 (with
+    which stratified sampling makes MI and TC exactly 0)."""
+    model = fit_on_plain_dataloaders({"_target_": BETA_TC, "sampling": "mss"}, 40, 16, 8)
+    assert model.dataset_size == 40
+    metrics = model.trainer.callback_metrics
+    for stage in ("train", "val"):  # posteriors near the prior at the start: small, not 0
+        assert metrics[f"{stage}/mi"] > 0.01 and metrics[f"{stage}/tc"] != 0
+
+
+class Stream(IterableDataset):
+    """Images with no len(): how many there are is unknown."""
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(0)
+        return ((torch.rand(1, 4, 4, generator=g), 0) for _ in range(16))
+
+
+def test_beta_tc_refuses_training_data_of_unknown_size():
+    model = VAE((1, 4, 4), network="mlp", latent_dim=LATENT, hidden_dims=(8,),
+                objective={"_target_": BETA_TC})  # fmt: skip
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match="BetaTC needs the number of training images"):
+        trainer.fit(model, DataLoader(Stream(), batch_size=8))
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        {"_target_": "vae_lightning.objectives.dip.DIPVAE", "variant": "i"},
+        {"_target_": "vae_lightning.objectives.dip.DIPVAE", "variant": "ii"},
+        {"_target_": BETA_TC, "sampling": "mss"},
+        {"_target_": "vae_lightning.objectives.factor.FactorVAE", "latent_dim": LATENT,
+         "discriminator_hidden": 8, "discriminator_layers": 1},
+    ],
+    ids=["dip-i", "dip-ii", "beta_tc-mss", "factor"],
+)  # fmt: skip
+def test_a_last_batch_of_one_image_trains_and_validates(objective):
+    """17 training and 9 validation images in batches of 8: both end on a batch of one."""
+    model = fit_on_plain_dataloaders(objective, 17, 9, 8)
+    metrics = model.trainer.callback_metrics
+    logged = [name for name in metrics if name.startswith(("train/", "val/"))]
+    assert "val/loss" in logged and "train/loss" in logged
+    assert all(math.isfinite(metrics[name]) for name in logged), metrics

@@ -1,5 +1,6 @@
 """The LightningModule: encoder q(z|x), decoder p(x|z), the prior p(z) and a training objective."""
 
+from collections.abc import Sized
 from typing import Any, NamedTuple
 
 import lightning as L
@@ -271,9 +272,22 @@ class VAE(
         return self.beta * min(1.0, progress / warmup)
 
     def setup(self, stage: str) -> None:
-        # The training-set size, for objectives that estimate q(z) from a minibatch.
+        # The training-set size, for objectives that estimate q(z) from a minibatch: a datamodule
+        # knows it before any data is loaded, so validation and test (eval.py) use it too.
         datamodule = self.trainer.datamodule
-        self.dataset_size = len(datamodule.split("train")) if hasattr(datamodule, "split") else 1
+        if hasattr(datamodule, "split"):
+            self.dataset_size = len(datamodule.split("train"))
+
+    def on_train_start(self) -> None:
+        # The data fit really iterates, loaded by now: with plain dataloaders too, no datamodule.
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if isinstance(dataset, Sized):
+            self.dataset_size = len(dataset)
+        elif self.objective.needs_dataset_size:
+            raise ValueError(
+                f"{type(self.objective).__name__} needs the number of training images, but the "
+                "training dataloader's dataset has no len(): give fit a sized dataset"
+            )
 
     def _training_state(self, kl_weight: float, free_bits: float = 0.0) -> TrainingState:
         return TrainingState(kl_weight, free_bits, self.global_step, self.dataset_size)

@@ -15,8 +15,10 @@ the hierarchical one) trains with every objective that makes sense for it:
   (k, batch); with stop_posterior_grad the parameters of q in log q(z_i|x) are detached (the
   path through z_i is kept), as the doubly-reparameterised gradient needs.
 
-Validation and test call the objective with `TrainingState.evaluation(beta)`: the full KL
-weight, no warm-up and no free bits, so val/loss is comparable across epochs.
+Validation and test call the objective with the module's TrainingState at the full KL weight
+beta, no warm-up and no free bits (VAE.validation_step, test_step), so val/loss is comparable
+across epochs; the step (a schedule's, e.g. capacity's) and the training-set size are those of
+training.
 """
 
 from vae_lightning.objectives.base import Objective, ObjectiveOutput, TrainingState

@@ -23,10 +23,6 @@ class TrainingState:
     step: int = 0
     dataset_size: int = 1
 
-    @classmethod
-    def evaluation(cls, beta: float, step: int = 0, dataset_size: int = 1) -> "TrainingState":
-        return cls(kl_weight=beta, free_bits=0.0, step=step, dataset_size=dataset_size)
-
 
 @dataclass
 class ObjectiveOutput:
@@ -46,8 +42,11 @@ class Objective(nn.Module):
     An nn.Module, so an objective with its own networks (FactorVAE's discriminator) keeps them
     in the model's state_dict and checkpoint. `param_groups(model)` lists extra optimiser
     parameter groups (dicts as torch.optim takes them) for those networks; their parameters
-    are then left out of the model's own group.
+    are then left out of the model's own group. `needs_dataset_size`: the objective reads
+    TrainingState.dataset_size, so training refuses data whose size is unknown.
     """
+
+    needs_dataset_size: bool = False
 
     def forward(self, model: Any, x: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
         raise NotImplementedError

@@ -30,14 +30,22 @@ def log_aggregate_weights(
     from a data set of N, where z_i was sampled from q(z|x_i).
 
     "mws", minibatch-weighted sampling as Chen et al. 2018 define it: w_ij = 1/(NM)
-    for all j. It is biased: log q(z) comes out too low by between log M (posteriors far apart)
-    and log N (posteriors all alike); the bias is nearly constant, so the gradients are barely
-    affected, but the logged MI, TC and dim-KL carry it: TC by up to (D - 1) log N.
+    for all j. It is biased low: its log q(z_i) falls short of the exact log (1/N) sum_n
+    q(z_i|x_n) by b = log M + log(sum_n q(z_i|x_n) / sum_j q(z_i|x_j)) (n over the data set, j
+    over the batch): at least log M, reached when the batch holds all the mass at z_i
+    (posteriors far apart), log N when it holds its share M/N (posteriors alike), more only
+    when it holds less by chance. The same holds for each marginal q(z_id), so of the logged
+    terms MI is off by b_joint, dim-KL by -sum_d b_d and TC by sum_d b_d - b_joint: up to
+    D log N - log M over D latent dims, when the joint posteriors are far apart and their
+    marginals alike (not (D - 1) log N, the all-alike case). The gradients barely feel it (b is
+    nearly constant), the logged numbers do.
     "mss", stratified: the term of the image z_i was drawn from is known exactly, the rest of
     the data set is estimated from the other M - 1 images: w_ii = 1/N, w_ij = (N-1)/(N(M-1)).
     The weights of each row sum to one, so q(z_i) is estimated without bias whichever regime the
     posteriors are in. (This is the stratification idea of Chen et al.'s appendix in its
-    simplest unbiased form, not the weight matrix of their code.)
+    simplest unbiased form, not the weight matrix of their code.) A batch of one has no other
+    image to stand for the rest of the data set, so the image's own posterior stands for all
+    of it, w_11 = 1 (still a row summing to one): its MI and TC are 0, its dim-KL is its KL.
 
     With N = 1 (the default TrainingState's: pass the real N in evaluation too) "mws" becomes
     the batch's own mixture (1/M) sum_j q(z_i|x_j), as if the batch were the whole data set,
@@ -50,8 +58,8 @@ def log_aggregate_weights(
     m, n = batch_size, dataset_size
     if sampling == "mws":
         return torch.full((m, m), -math.log(n * m), dtype=dtype, device=device)
-    if m < 2:
-        raise ValueError("sampling='mss' needs a batch of at least 2")
+    if m == 1:
+        return torch.zeros((1, 1), dtype=dtype, device=device)
     other = math.log(n - 1) - math.log(n * (m - 1)) if n > 1 else -math.inf
     weights = torch.full((m, m), other, dtype=dtype, device=device)
     return weights.fill_diagonal_(-math.log(n))
@@ -102,6 +110,8 @@ class BetaTC(Objective):
     and free bits of the TrainingState are not used: alpha, beta and gamma take their place.
     Logged: "mi", "tc", "dim_kl" (batch means, in nats).
     """
+
+    needs_dataset_size = True
 
     def __init__(
         self, alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0, sampling: str = "mws"

@@ -10,7 +10,9 @@ that its dims decorrelate ("disentangled inferred prior").
 
 Both are estimated on the minibatch. Cov[mu] uses the unbiased (M - 1) normaliser, so that the
 DIP-II matrix is exactly the expectation of the unbiased sample covariance of z ~ q(z|x) over
-the batch (disentanglement_lib divides by M instead).
+the batch (disentanglement_lib divides by M instead). A batch of one shows no spread of mu: its
+Cov[mu] is 0 (disentanglement_lib's value too), so DIP-I's penalty is the constant lambda_d * D,
+with no gradient, and DIP-II's C is diag(sigma^2) of the one image.
 """
 
 from typing import Any
@@ -28,9 +30,8 @@ def dip_covariance(mu: torch.Tensor, logvar: torch.Tensor, variant: str = "ii") 
     """The (D, D) covariance DIP-VAE regularises, from a batch of posteriors mu, logvar (M, D)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if len(mu) < 2:
-        raise ValueError("a covariance needs a batch of at least 2")
-    cov = torch.cov(mu.T, correction=1)
+    centred = mu - mu.mean(dim=0)
+    cov = centred.T @ centred / max(len(mu) - 1, 1)
     if variant == "ii":
         cov = cov + torch.diag(logvar.exp().mean(dim=0))
     return cov

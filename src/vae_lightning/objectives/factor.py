@@ -50,18 +50,20 @@ def tc_estimate(logits: torch.Tensor) -> torch.Tensor:
 
 def discriminator_loss(
     discriminator: nn.Module, z: torch.Tensor, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Cross-entropy of D on samples of q(z) labelled REAL and samples of prod_d q(z_d) labelled
     PERMUTED, and D's accuracy on them; z is detached, so only D gets gradients.
 
     The paper draws the permuted samples from a second batch; here the batch is split in two
     halves instead: the first half is the REAL set, the permuted second half the PERMUTED one (a
-    row of the batch is never both). Needs a batch of at least 2; an odd last row is left out.
+    row of the batch is never both). An odd last row is left out, so a batch of one has no
+    pair to compare: None (D learns nothing from it; permuting one row would give the row itself,
+    a REAL sample labelled PERMUTED).
     """
     z = z.detach()
     half = len(z) // 2
     if half < 1:
-        raise ValueError("the discriminator needs a batch of at least 2")
+        return None
     inputs = torch.cat([z[:half], permute_dims(z[half : 2 * half], generator)])
     labels = torch.cat(
         [
@@ -95,7 +97,9 @@ class FactorVAE(Objective):
     10..100, disentanglement_lib sweeps 10..100 too), the 6 x 1000 LeakyReLU discriminator,
     trained with Adam(lr 1e-4, betas (0.5, 0.9)); the VAE's own optimiser is the model's
     (the paper: Adam(lr 1e-4, betas (0.9, 0.999))).
-    Logged: "tc", "discriminator_loss", "discriminator_accuracy", "vae_loss".
+    Logged: "tc", "discriminator_loss", "discriminator_accuracy", "vae_loss" (the
+    discriminator's two not for a batch of one, which it cannot learn from: its loss is then 0,
+    and an epoch's means are over the batches it saw).
     """
 
     def __init__(
@@ -144,13 +148,12 @@ class FactorVAE(Objective):
         terms = model.elbo_terms(x)
         tc = tc_estimate(self.frozen_discriminator(terms.z)).mean()
         vae_loss = terms.loss(state.kl_weight, state.free_bits) + self.gamma * tc
-        disc_loss, accuracy = discriminator_loss(self.discriminator, terms.z)
-        logged = {
-            "tc": tc.detach(),
-            "discriminator_loss": disc_loss.detach(),
-            "discriminator_accuracy": accuracy,
-            "vae_loss": vae_loss.detach(),
-        }
+        logged = {"tc": tc.detach(), "vae_loss": vae_loss.detach()}
+        discriminator = discriminator_loss(self.discriminator, terms.z)
+        if discriminator is None:  # a batch of one: nothing for D, and nothing of D to log
+            return FactorVAELosses(vae_loss, vae_loss.new_zeros(()), terms, logged)
+        disc_loss, accuracy = discriminator
+        logged |= {"discriminator_loss": disc_loss.detach(), "discriminator_accuracy": accuracy}
         return FactorVAELosses(vae_loss, disc_loss, terms, logged)
 
     def forward(self, model: Any, x: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
