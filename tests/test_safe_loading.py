@@ -18,7 +18,9 @@ from vae_lightning.runs import load_checkpoint_model, run_data_config
 
 
 def payloads(marker: Path) -> dict[str, dict]:
-    """Configs that each write `marker` when Hydra instantiates them."""
+    """Configs that each would write `marker` when Hydra instantiates them. Hydra's own blocklist
+    stops os.system, exec and subprocess.run with a traceback; the others wrote the marker on
+    loading before registry.py."""
     return {
         "torch.save": {"_target_": "torch.save", "obj": "written", "f": str(marker)},
         "os.system": {"_target_": "os.system", "_args_": [f"touch '{marker}'"]},
