@@ -1,12 +1,14 @@
 """The LightningModule: encoder q(z|x), decoder p(x|z), the prior p(z) and a training objective."""
 
 from collections.abc import Sized
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import IO, Any, NamedTuple
 
 import lightning as L
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from hydra.utils import instantiate
+from lightning.pytorch.core.saving import load_hparams_from_tags_csv, load_hparams_from_yaml
 
 from vae_lightning.elbo import (
     ELBOTerms,
@@ -19,6 +21,7 @@ from vae_lightning.hierarchical import build_hierarchy, per_channel
 from vae_lightning.networks import build_networks
 from vae_lightning.objectives import ELBO, ObjectiveOutput, TrainingState
 from vae_lightning.priors import build_prior
+from vae_lightning.registry import check_model_config, checkpoint_hyperparameters
 
 
 class LayerPosterior(NamedTuple):
@@ -54,7 +57,9 @@ class VAE(
     `scheduler`, when given, is Lightning's lr-scheduler dict with a partial scheduler under
     "scheduler" (e.g. {"scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
     "_partial_": True, "T_max": 10}, "interval": "epoch"}); `objective` is the Hydra config of
-    an `objectives.Objective`.
+    an `objectives.Objective`. Read from a checkpoint or config.json, these name the project's
+    objectives and torch's optimisers and schedulers only (registry.py): loading runs no other
+    code a file names.
 
     Remedies for posterior collapse, in the training loss only (validation, test and every
     reported ELBO use beta and no free bits): `kl_warmup` ramps the KL weight linearly from 0 to
@@ -142,7 +147,32 @@ class VAE(
                 self.decoder.compile()
 
     @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path | IO,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> "VAE":
+        """Lightning's, once the saved arguments (or `hparams_file`'s, which replace them) are
+        found to name only the project's parts: building the model instantiates them."""
+        if hparams_file is None:
+            saved = checkpoint_hyperparameters(checkpoint_path, weights_only)
+        elif str(hparams_file).lower().endswith(".csv"):
+            saved = load_hparams_from_tags_csv(hparams_file)
+        else:
+            saved = load_hparams_from_yaml(hparams_file)
+        check_model_config(saved)
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
+        )
+
+    @classmethod
     def _from_pretrained(cls, *, strict: bool = True, **kwargs: Any) -> "VAE":
+        # config.json's arguments are among kwargs: checked before they build anything.
+        check_model_config(kwargs)
         # The mixin loads weights non-strictly by default: weights that do not fit config.json
         # would leave layers at their random initialisation without a word.
         return super()._from_pretrained(strict=strict, **kwargs)

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
+from vae_lightning.registry import DATA_MODULES, check_targets
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ def load_checkpoint_model(ckpt_path: str | None) -> VAE:
         raise ConfigError("ckpt_path", ckpt_path, f"{allowed} (no such file)")
     try:
         model = VAE.load_from_checkpoint(ckpt_path, map_location="cpu")
+    except ConfigError:  # the file names code that loading would run: said as it is
+        raise
     except Exception as error:  # whatever the file holds instead, the fix is another ckpt_path
         reason = f"{type(error).__name__} on loading"
         if _saved_hparams(ckpt_path) is not None:  # a whole checkpoint, not one of this VAE
@@ -175,4 +178,5 @@ def run_data_config(ckpt_path: str | Path, needed_by: str) -> DictConfig:
     hydra_cfg = run_dir / ".hydra" / "hydra.yaml"
     if hydra_cfg.is_file():
         run_cfg.paths.root_dir = OmegaConf.load(hydra_cfg).hydra.runtime.cwd
+    check_targets("data", run_cfg.data, DATA_MODULES)  # the callers instantiate it
     return run_cfg.data
