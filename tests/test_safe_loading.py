@@ -145,8 +145,11 @@ def test_a_run_s_saved_data_config_naming_a_callable_is_refused(tmp_path):
     ckpt = crafted_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     saved = {"data": payloads(marker)["subprocess.run"], "paths": {"root_dir": str(tmp_path)}}
     (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(saved))
-    with pytest.raises(ConfigError, match=r"^data\._target_='subprocess\.run' is not allowed: "):
+    with pytest.raises(
+        ConfigError, match=r"^data\._target_='subprocess\.run' is not allowed: "
+    ) as refused:
         run_data_config(ckpt, "eval.py")
+    assert str(refused.value).endswith("or name the data, e.g. data=shapes")
     assert not marker.exists()
 
 

@@ -165,8 +165,14 @@ class VAE(
         else:
             saved = load_hparams_from_yaml(hparams_file)
         check_model_config(saved)
+        if weights_only is not None:  # an argument of newer Lightning releases only
+            kwargs["weights_only"] = weights_only
         return super().load_from_checkpoint(
-            checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
+            checkpoint_path,
+            map_location=map_location,
+            hparams_file=hparams_file,
+            strict=strict,
+            **kwargs,
         )
 
     @classmethod

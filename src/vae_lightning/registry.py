@@ -82,10 +82,11 @@ def _targets(config: Any, key: str) -> Iterator[tuple[str, Any]]:
             yield from _targets(value, f"{key}[{index}]")
 
 
-def check_targets(key: str, config: Any, family: Family | None) -> None:
+def check_targets(key: str, config: Any, family: Family | None, fix: str = "") -> None:
     """A ConfigError naming the first `_target_` in `config` (read from a file) that is not a
     class of `family` (None: no target is allowed there), before any of them is called.
-    Interpolations are left unresolved: a target that is one is refused, whatever it would be."""
+    Interpolations are left unresolved: a target that is one is refused, whatever it would be.
+    `fix`: another way out, added to the message."""
     if isinstance(config, DictConfig | ListConfig):
         config = OmegaConf.to_container(config, resolve=False)
     for target_key, target in _targets(config, key):
@@ -93,7 +94,7 @@ def check_targets(key: str, config: Any, family: Family | None) -> None:
             raise ConfigError(target_key, target, "a file's config names no code here")
         if not isinstance(target, str) or not family.holds(target):
             allowed = ", ".join(family.members())
-            raise ConfigError(target_key, target, f"a file's config may name one of {allowed}")
+            raise ConfigError(target_key, target, f"a file's config may name one of {allowed}{fix}")
 
 
 def checkpoint_hyperparameters(

@@ -178,5 +178,6 @@ def run_data_config(ckpt_path: str | Path, needed_by: str) -> DictConfig:
     hydra_cfg = run_dir / ".hydra" / "hydra.yaml"
     if hydra_cfg.is_file():
         run_cfg.paths.root_dir = OmegaConf.load(hydra_cfg).hydra.runtime.cwd
-    check_targets("data", run_cfg.data, DATA_MODULES)  # the callers instantiate it
+    # the callers instantiate it; data of the user's own code is named on the command line
+    check_targets("data", run_cfg.data, DATA_MODULES, "; or name the data, e.g. data=shapes")
     return run_cfg.data
