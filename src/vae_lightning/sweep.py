@@ -133,7 +133,7 @@ def read_job(job_dir: Path) -> Job:
         job_dir / "metrics.json",
         job_dir / ERROR_FILE,
     )
-    samples = sorted((job_dir / "images").glob("samples_epoch=*.png"))
+    samples = sorted((job_dir / "images").glob("samples_epoch_*.png"))
     return Job(
         name=job_dir.name,
         overrides=yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or [],
