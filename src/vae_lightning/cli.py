@@ -109,6 +109,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module="lightning"
     )
+    # A continued run (resume=, ckpt_path=last) saves into its own checkpoint folder again, by
+    # design; ModelCheckpoint warns whenever that folder holds files, with no option not to.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -253,6 +256,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        enable_checkpointing=False,  # nothing to save; and no tip about checkpoint uploads
         default_root_dir=cfg.paths.output_dir,
         limit_test_batches=cfg.eval.limit_test_batches,
     )
