@@ -50,7 +50,7 @@ WORKLOADS = {"mlp": ["data=fashion_mnist", "model=mlp"], "conv": []}
 PROGRAMS = ("a", "b", "c")
 # train.py's settings that keep the run to the timed epochs and the same work as (a) and (b)
 PROJECT_SETTINGS = ["callbacks.pictures=null", "trainer.limit_test_batches=1"]
-# train.py's epoch line: "[2026-12-04 16:50:33,798][vae_lightning.callbacks][INFO] - epoch 1/3"
+# train.py's epoch line: "[2026-12-04 16:50:33,798][vae_lightning.callbacks][INFO] - epoch 0/2"
 PROJECT_EPOCH = re.compile(r"^\[([\d-]+ [\d:]+,\d+)\]\[vae_lightning\.callbacks\]\[INFO\] - epoch ")
 PLAIN_EPOCH = re.compile(r"^epoch \d+ end ([\d.]+)$")
 

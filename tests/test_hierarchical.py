@@ -439,7 +439,7 @@ def test_train_eval_and_sample_scripts_on_a_two_layer_model(tmp_path):
         assert tag in scalars, tag
     assert "train/skipped_updates" in scalars
     for picture in ("samples", "reconstructions", "traversals", "kl_per_dim"):
-        assert (run_dir / "images" / f"{picture}_epoch=000.png").is_file(), picture
+        assert (run_dir / "images" / f"{picture}_epoch_000.png").is_file(), picture
 
     best = trained["best_checkpoint"]
     result = run_script(

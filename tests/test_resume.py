@@ -271,7 +271,7 @@ def test_the_pictures_draw_nothing_from_the_random_states_of_training(tmp_path, 
         "samples",
         "traversals",
     ]
-    assert drawn == [f"{name}_epoch=000.png" for name in names]
+    assert drawn == [f"{name}_epoch_000.png" for name in names]
     ((before, after),) = PicturesKeepingRandomStates.states
     assert_same_state(before, after)
 

@@ -176,6 +176,10 @@ def test_optuna_search_runs_trials_and_reports_the_best(tmp_path):
         "hydra.sweeper.n_trials=2", "model.latent_dim=choice(2,4)", f"hydra.sweep.dir={tmp_path}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    logs = [result.stdout, result.stderr, *(p.read_text() for p in tmp_path.glob("*/train.log"))]
+    assert len(logs) == 4 and not [text for text in logs if "\x1b[" in text]  # no colour codes
+    assert "setup plugin alembic" not in result.stdout + result.stderr
+    assert "A new study created in memory" in result.stdout + result.stderr  # through Hydra's log
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"model.optimizer.lr", "model.beta", "model.latent_dim"}
     rows = read_report(tmp_path)
@@ -223,7 +227,7 @@ def test_ddp_on_two_cpu_processes_trains_and_writes_once(tmp_path):
     events = read_tensorboard(tmp_path / "tensorboard")
     assert [e.step for e in events.Scalars("train/loss")] == list(range(16))
     assert {p.name for p in (tmp_path / "images").iterdir()} >= {
-        f"{kind}_epoch={e:03d}.png" for kind in ("reconstructions", "samples") for e in (0, 1)
+        f"{kind}_epoch_{e:03d}.png" for kind in ("reconstructions", "samples") for e in (0, 1)
     }
     assert not list(tmp_path.rglob("train_ddp_process_*"))  # no directory of rank 1's own
 

@@ -44,7 +44,7 @@ def test_train_writes_checkpoints_metrics_images_and_curves(tmp_path, tiny_confi
 
     pngs = {p.name for p in (tmp_path / "images").iterdir()}  # test_visualisation checks all
     assert pngs >= {
-        f"{kind}_epoch={e:03d}.png" for kind in ("reconstructions", "samples") for e in range(3)
+        f"{kind}_epoch_{e:03d}.png" for kind in ("reconstructions", "samples") for e in range(3)
     }
 
 

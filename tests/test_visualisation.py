@@ -59,7 +59,7 @@ def test_plain_console_output_has_one_line_per_epoch_and_the_model_summary(run):
     _, result = run
     output = result.stdout + result.stderr
     epoch_lines = [line for line in output.splitlines() if " - epoch " in line]
-    assert [line.split(" - ")[1].split()[1] for line in epoch_lines] == ["1/3", "2/3", "3/3"]
+    assert [line.split(" - ")[1].split()[1] for line in epoch_lines] == ["0/2", "1/2", "2/2"]
     assert all("val/loss=" in line and "train/loss=" in line for line in epoch_lines)
     assert "Trainable params" in output  # the model summary
     assert "it/s" not in output and len(output.splitlines()) < 150  # no live bar in the log
@@ -82,7 +82,7 @@ def test_tensorboard_holds_curves_every_picture_and_hparams_with_final_metrics(r
 
     pngs = {p.name for p in (run_dir / "images").iterdir()}
     assert pngs == {
-        f"{n}_epoch={e:03d}.png" for n, epochs in DRAWN_IN_EPOCHS.items() for e in epochs
+        f"{n}_epoch_{e:03d}.png" for n, epochs in DRAWN_IN_EPOCHS.items() for e in epochs
     }
 
     metrics = json.loads((run_dir / "metrics.json").read_text())

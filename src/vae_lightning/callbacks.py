@@ -45,11 +45,12 @@ def log_image(trainer: L.Trainer, tag: str, image: torch.Tensor) -> None:
 
 
 def publish(trainer: L.Trainer, name: str, image: torch.Tensor, epoch: int) -> None:
-    """Log as `images/<name>` and save as `<run dir>/images/<name>_epoch=NNN.png`."""
+    """Log as `images/<name>` and save as `<run dir>/images/<name>_epoch_NNN.png` (no '=' in the
+    name: Hydra's command line would read it as an assignment)."""
     log_image(trainer, f"images/{name}", image)
     out_dir = Path(trainer.default_root_dir) / "images"
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_image(image, out_dir / f"{name}_epoch={epoch:03d}.png")
+    save_image(image, out_dir / f"{name}_epoch_{epoch:03d}.png")
 
 
 HPARAM_GROUPS = ("data", "model", "trainer")
@@ -241,49 +242,72 @@ class KLPerDimension(EpochImages):
 
 # --- console -------------------------------------------------------------------------------------
 
+# `extra=` of a log record that the console shows another way (the live bar, Rich's table) and the
+# log file still needs; Hydra's console handler drops it (DropFileOnly, conf/hydra/default.yaml).
+FILE_ONLY = {"file_only": True}
 
-class EpochLog(ProgressBar):
-    """One log line per epoch with the progress-bar metrics, for logs that are not a terminal
-    (CI, `> file`), where a live bar would print every refresh as a new line."""
 
-    def __init__(self):
-        super().__init__()
-        self.enabled = True
+class DropFileOnly(logging.Filter):
+    """Leaves out of a handler the records logged with `extra=FILE_ONLY`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
+
+
+class EpochLog(Callback):
+    """One log line per epoch with the progress-bar metrics, numbered from 0 as Lightning's bar
+    and checkpoint names are: the run's record in train.log, on a terminal or not. With
+    `console=False` (a live bar shows the same there) the line goes to the log file only."""
+
+    def __init__(self, console: bool = True):
+        self.extra = {} if console else FILE_ONLY
         self._started = 0.0
 
-    def disable(self) -> None:
-        self.enabled = False
-
-    def enable(self) -> None:
-        self.enabled = True
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A fit resumed mid-epoch starts there, without on_train_epoch_start.
+        self._started = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled:
+        if not trainer.is_global_zero:
             return
-        metrics = self.get_metrics(trainer, pl_module)
         shown = " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in sorted(metrics.items())
-            if k != "v_num"
+            for k, v in sorted(trainer.progress_bar_metrics.items())
         )
+        last = f"/{trainer.max_epochs - 1}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         log.info(
-            "epoch %d/%s %s (%.1f s)",
-            trainer.current_epoch + 1,
-            trainer.max_epochs,
+            "epoch %d%s %s (%.1f s)",
+            trainer.current_epoch,
+            last,
             shown,
             time.perf_counter() - self._started,
+            extra=self.extra,
         )
+
+
+class NoLiveBar(ProgressBar):
+    """The progress bar of a stdout that is not a terminal (CI, `> file`): none, since each
+    refresh of a live bar would be a new line there; EpochLog's lines show the progress. Among
+    the callbacks so that Lightning adds no bar of its own."""
+
+    def disable(self) -> None:
+        pass
+
+    def enable(self) -> None:
+        pass
 
 
 def console_callbacks(trainer_cfg: DictConfig) -> list[Callback]:
-    """Rich progress bar and model summary where the Trainer config enables them; on a stdout that
-    is not a terminal, one line per epoch instead of the bar."""
+    """Rich progress bar and model summary where the Trainer config enables them, and a log line
+    per epoch; on a stdout that is not a terminal, the lines are the progress, with no bar."""
     callbacks: list[Callback] = []
     if trainer_cfg.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar() if sys.stdout.isatty() else EpochLog())
+        terminal = sys.stdout.isatty()
+        bar = RichProgressBar() if terminal else NoLiveBar()
+        callbacks += [bar, EpochLog(console=not terminal)]
     if trainer_cfg.get("enable_model_summary", True):
         callbacks.append(RichModelSummary(max_depth=2))
     return callbacks

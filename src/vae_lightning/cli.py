@@ -1,6 +1,7 @@
 """What the entry points run: each function takes a composed Hydra config and does one job."""
 
 import functools
+import io
 import json
 import logging
 import os
@@ -19,7 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from vae_lightning.callbacks import Pictures, console_callbacks, log_hparams_with_metrics
+from vae_lightning.callbacks import (
+    FILE_ONLY,
+    Pictures,
+    console_callbacks,
+    log_hparams_with_metrics,
+)
 from vae_lightning.config import (
     check_accelerator,
     check_config,
@@ -103,6 +109,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module="lightning"
     )
+    # A continued run (resume=, ckpt_path=last) saves into its own checkpoint folder again, by
+    # design; ModelCheckpoint warns whenever that folder holds files, with no option not to.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -247,6 +256,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        enable_checkpointing=False,  # nothing to save; and no tip about checkpoint uploads
         default_root_dir=cfg.paths.output_dir,
         limit_test_batches=cfg.eval.limit_test_batches,
     )
@@ -261,13 +271,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @rank_zero_only
 def report_metrics(metrics: dict[str, Any], output_dir: Path) -> None:
-    """Print the final metrics as a table and write them to `<output_dir>/metrics.json`."""
+    """Print the final metrics as a table, put the same table in the log file, and write them to
+    `<output_dir>/metrics.json`."""
     table = Table(title="final metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console().print(table)
+    plain = Console(file=io.StringIO(), width=100)  # not a terminal: no colours
+    plain.print(table)
+    log.info("the final metrics:\n%s", plain.file.getvalue().rstrip(), extra=FILE_ONLY)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("metrics written to %s", output_dir / "metrics.json")

@@ -40,4 +40,8 @@ def wandb_logger(save_dir: str, **kwargs: Any) -> WandbLogger:
             save_dir,
             save_dir,
         )
-    return WandbLogger(save_dir=save_dir, **kwargs)
+    logger = WandbLogger(save_dir=save_dir, **kwargs)
+    # Lightning hands wandb.init `anonymous=None`, which wandb (0.19 on) warns has no effect, and
+    # has no argument to leave it out.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    return logger

@@ -113,7 +113,8 @@ class _RateColumn(ProgressColumn):
 
 class Progress:
     """Progress of `total` units of work named `description` (see the module's docstring);
-    a context manager, advanced with `advance(n)` or by iterating `track(items)`."""
+    a context manager, advanced with `advance(n)` or by iterating `track(items)`. `closing_line`
+    False leaves out the line at the end, where the caller's own says that the work is done."""
 
     def __init__(
         self,
@@ -122,10 +123,12 @@ class Progress:
         unit: str = "steps",
         after: float | None = None,
         every: float = LOG_EVERY,
+        closing_line: bool = True,
     ):
         self.description, self.total, self.unit = description, max(float(total), 0.0), unit
         self.after = progress_after() if after is None else after
         self.every = every
+        self.closing_line = closing_line
         self.done = 0.0
         self._start = self._due = math.inf
         self._mode: str | None = None  # None until shown, then "bar" or "log"
@@ -148,7 +151,8 @@ class Progress:
             self._bar.stop()
             self._bar = None
         elapsed = clock() - self._start
-        if kind is None and elapsed >= self.after and rank_zero_only.rank == 0:
+        ended_late = kind is None and elapsed >= self.after and rank_zero_only.rank == 0
+        if ended_late and self.closing_line:
             rate = self.done / elapsed if elapsed > 0 else None
             log.info(
                 "%s: %s %s in %s, %s",

@@ -118,7 +118,7 @@ class Resumable(L.Callback):
             self.saved = (
                 last_checkpoint_path(trainer) or Path(trainer.default_root_dir) / "last.ckpt"
             )
-            trainer.save_checkpoint(self.saved)
+            trainer.save_checkpoint(self.saved, weights_only=False)  # all, to resume from
 
     def _at_safe_point(self, trainer: L.Trainer) -> None:
         """All that was logged and drawn before is out: put the held checkpoints in place once

@@ -133,7 +133,7 @@ def read_job(job_dir: Path) -> Job:
         job_dir / "metrics.json",
         job_dir / ERROR_FILE,
     )
-    samples = sorted((job_dir / "images").glob("samples_epoch=*.png"))
+    samples = sorted((job_dir / "images").glob("samples_epoch_*.png"))
     return Job(
         name=job_dir.name,
         overrides=yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or [],
@@ -378,7 +378,10 @@ def write_report(sweep_dir: Path) -> list[Job]:
     n_jobs = len(job_directories(sweep_dir))
     if not n_jobs:
         raise FileNotFoundError(f"no job directories (with .hydra/overrides.yaml) in {sweep_dir}")
-    with Progress(f"sweep report of {n_jobs} jobs", 2 * n_jobs + 3, "steps") as progress:
+    # Its steps are no unit a user knows: the line below, not a count of them, ends the report.
+    with Progress(
+        f"sweep report of {n_jobs} jobs", 2 * n_jobs + 3, "steps", closing_line=False
+    ) as progress:
         jobs, common = read_sweep(sweep_dir, progress)
         write_tables(jobs, common, sweep_dir)
         progress.advance()
@@ -400,6 +403,18 @@ class SweepReport(Callback):
     @rank_zero_only
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         write_report(Path(config.hydra.sweep.dir))
+
+
+class OptunaThroughHydraLogging(Callback):
+    """Hydra callback of `hparams_search=optuna`: Optuna's messages go through Hydra's logging
+    (its format, its handlers), not Optuna's own handler, whose colour codes would end up in any
+    file the output is sent to."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import optuna  # only a sweep with the Optuna sweeper has it
+
+        optuna.logging.disable_default_handler()
+        optuna.logging.enable_propagation()
 
 
 def main(argv: list[str]) -> int:
