@@ -2,12 +2,15 @@
 
 import json
 import math
+import os
+import re
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.helpers import ROOT, TINY, run_script
+from vae_lightning import progress
 from vae_lightning.cli import evaluate, train
 from vae_lightning.errors import ConfigError
 
@@ -22,6 +25,9 @@ def test_eval_script_rebuilds_the_run_and_writes_the_metrics(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     trained = json.loads((run_dir / "metrics.json").read_text())
     assert trained["test/iwae_k"] == 100  # the end-of-training default
+    # 64 test images, fewer than its default eval.iwae_images=400
+    forecast = "IWAE bound (k=100): 64 test images x 100 draws = 6,400 decoded images, about "
+    assert forecast in (run_dir / "train.log").read_text()
 
     # the path metrics.json gives can be pasted into the command line as it is
     best = trained["best_checkpoint"]
@@ -67,6 +73,42 @@ def test_eval_script_rebuilds_the_run_and_writes_the_metrics(tmp_path):
         evaluate(missing)
     with pytest.raises(ConfigError, match=r"model's shape \(1, 32, 32\)"):
         evaluate(other_size)
+
+
+def test_eval_py_says_what_the_iwae_bound_costs_before_it_runs(tmp_path, tiny_config):
+    trained = train(tiny_config("trainer.max_epochs=1", "eval.iwae_k=2"))
+    # the 64 test images in batches of 16: eval.limit_test_batches bounds the images, then
+    # eval.iwae_images does
+    for limit_test_batches, images in ((2, 32), (3, 40)):
+        eval_dir = tmp_path / f"eval_{limit_test_batches}"
+        result = run_script(
+            "eval.py",
+            f"ckpt_path={trained['best_checkpoint']}",
+            # the training run's own data (a run of train() has no saved .hydra config)
+            "data=shapes",
+            "data.size=640",
+            "data.eval_batch_size=16",
+            f"eval.limit_test_batches={limit_test_batches}",
+            "eval.iwae_images=40",
+            "eval.iwae_k=3",
+            f"paths.root_dir={ROOT}",
+            f"hydra.run.dir={eval_dir}",
+            env={**os.environ, progress.AFTER_VARIABLE: "0"},  # progress lines, however short
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        forecast = re.compile(
+            rf"IWAE bound \(k=3\): {images} test images x 3 draws = {3 * images} decoded images, "
+            r"about [\d.]+s on this machine \(timed on the first 48\); "  # one batch's 3 draws
+            r"eval\.iwae_images=N and eval\.iwae_k=K make it shorter$"
+        )
+        assert any(forecast.search(line) for line in result.stdout.splitlines())
+        log_lines = (eval_dir / "eval.log").read_text().splitlines()
+        first, *steps, end = [line for line in log_lines if " - IWAE bound (k=3): " in line]
+        assert forecast.search(first)  # before the progress lines and the end line
+        assert steps and not any(forecast.search(line) for line in steps)
+        assert re.search(rf"IWAE bound \(k=3\): {images} images in [\d.]+s", end)
+        metrics = json.loads((eval_dir / "metrics.json").read_text())
+        assert metrics["test/iwae_images"] == images
 
 
 def test_disentanglement_metrics_after_training_and_in_eval_py_agree(tmp_path, tiny_config):

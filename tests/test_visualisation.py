@@ -3,6 +3,7 @@ sample.py on its checkpoint; and a W&B offline run read back with wandb's own re
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -129,6 +130,29 @@ def test_sample_writes_next_to_the_run_by_default(run):
     (path,) = sample(compose_sample(f"ckpt_path={run_dir}/checkpoints/last.ckpt"))
     assert path == run_dir / "samples" / "prior.png"
     assert Image.open(path).size == (side(8), side(8))  # n=64
+
+
+def test_sample_py_names_each_file_it_writes_and_never_overwrites_one(run, tmp_path):
+    run_dir, _ = run
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    printed = []
+    for _ in range(2):  # the same command twice: a second file, not the first one replaced
+        result = run_script("sample.py", f"ckpt_path={ckpt}", "n=8", f"out={tmp_path}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        printed += [line for line in result.stdout.splitlines() if line.startswith("wrote ")]
+    assert printed == [f"wrote {tmp_path / 'prior.png'}", f"wrote {tmp_path / 'prior_1.png'}"]
+    assert all(Path(line.removeprefix("wrote ")).is_file() for line in printed)
+    # the files of one call share the first suffix that all of them have free
+    for _ in range(2):
+        sample(compose_sample(f"ckpt_path={ckpt}", "mode=traverse", "n=2", f"out={tmp_path}"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "prior.png",
+        "prior_1.png",
+        "traverse_000.png",
+        "traverse_000_1.png",
+        "traverse_001.png",
+        "traverse_001_1.png",
+    ]
 
 
 def test_sample_py_refuses_a_missing_checkpoint_in_one_line(tmp_path):

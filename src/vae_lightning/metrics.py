@@ -5,7 +5,10 @@ The ELBO and its terms on the test split come from the LightningModule's own tes
 for the loss); `evaluate_model` adds the rest in one pass over the test split.
 """
 
+import logging
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,9 @@ from torch.utils.data import DataLoader
 
 from vae_lightning.disentanglement import factor_metrics
 from vae_lightning.elbo import iwae_bound
-from vae_lightning.progress import Progress
+from vae_lightning.progress import Progress, duration
+
+log = logging.getLogger(__name__)
 
 ACTIVITY_THRESHOLD = 0.01  # Burda et al. 2016: active when Var_x(E_q[z_d]) > 0.01
 
@@ -41,6 +46,44 @@ def _images_in(loader: DataLoader, max_batches: int | float) -> int:
         return n_images
     batch_size = loader.batch_size or getattr(loader.sampler, "batch_size", None)
     return min(n_images, int(max_batches) * batch_size) if batch_size else n_images
+
+
+class IwaeCostForecast:
+    """Says, in one log line, what the IWAE bound will cost before most of it is spent: its
+    images x k decoded images, and the time that takes here, extrapolated from its first chunk
+    of draws (real work, so the estimate costs nothing and draws nothing extra); and which keys
+    make it shorter. At k = 1000 on a whole test split that is minutes, which a user should
+    learn at the start, not from the end line."""
+
+    def __init__(self, n_images: int, k: int):
+        self.n_images, self.k = n_images, k
+        self.pending = True
+
+    def draw(self, log_weights_of: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """log_weights_of(), a chunk's (draws, images) log weights; the first chunk is timed and
+        announces the cost of the whole bound."""
+        if not self.pending:
+            return log_weights_of()
+        started = time.perf_counter()
+        log_weights = log_weights_of()
+        log_weights.sum().item()  # waits for an accelerator: the chunk's real time
+        self.pending = False
+        self.announce(log_weights.numel(), time.perf_counter() - started)
+        return log_weights
+
+    def announce(self, timed_decodings: int, seconds: float) -> None:
+        decodings = self.n_images * self.k
+        log.info(
+            "IWAE bound (k=%d): %s test images x %d draws = %s decoded images, about %s on "
+            "this machine (timed on the first %s); eval.iwae_images=N and eval.iwae_k=K make it "
+            "shorter",
+            self.k,
+            f"{self.n_images:,}",
+            self.k,
+            f"{decodings:,}",
+            duration(seconds * decodings / timed_decodings),
+            f"{timed_decodings:,}",
+        )
 
 
 @torch.no_grad()
@@ -77,8 +120,9 @@ def evaluate_model(
     iwae, mus, kls, labels, layer_mus, layer_kls = [], [], [], [], [], []
     hierarchical = model.hierarchy is not None
     n_iwae = min(_images_in(loader, max_batches), iwae_images or float("inf"))
+    forecast = IwaeCostForecast(n_iwae, iwae_k)
     # Progress in images, advanced by each chunk of draws (a batch's k draws may take minutes):
-    # plain numbers, no tensor is read back from the device for it.
+    # plain numbers, no tensor is read back from the device for it (the forecast reads one, once).
     with Progress(f"IWAE bound (k={iwae_k})", n_iwae, "images") as bar:
         for index, batch in enumerate(loader):
             if index >= max_batches:
@@ -88,7 +132,7 @@ def evaluate_model(
             bounded = images[: n_iwae - sum(map(len, iwae))]
 
             def draws(n: int, bounded: torch.Tensor = bounded) -> torch.Tensor:
-                log_weights = model.log_importance_weights(bounded, n)[0]
+                log_weights = forecast.draw(lambda: model.log_importance_weights(bounded, n)[0])
                 bar.advance(len(bounded) * n / iwae_k)
                 return log_weights
 

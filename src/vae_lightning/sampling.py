@@ -2,7 +2,9 @@
 training callbacks. The model comes from the checkpoint alone; the data, where a mode needs test
 images, from the config the run saved in `<run dir>/.hydra/config.yaml`."""
 
+import itertools
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -45,8 +47,19 @@ def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
     }
 
 
+def free_paths(out_dir: Path, names: Iterable[str]) -> list[Path]:
+    """`<name>.png` for each name in `out_dir`, or, where one of them exists, `<name>_1.png`,
+    `<name>_2.png`, ...: the first suffix that every name has free, so that a later call never
+    replaces an earlier one's images and the files of one call share one suffix."""
+    names = list(names)
+    suffixes = itertools.chain([""], (f"_{i}" for i in itertools.count(1)))
+    candidates = ([out_dir / f"{name}{suffix}.png" for name in names] for suffix in suffixes)
+    return next(paths for paths in candidates if not any(path.exists() for path in paths))
+
+
 def sample(cfg: DictConfig) -> list[Path]:
-    """Write the PNGs of `cfg.mode` to `cfg.out` (default: `<run dir>/samples/`), return paths."""
+    """Write the PNGs of `cfg.mode` to `cfg.out` (default: `<run dir>/samples/`) under names no
+    file there has yet (free_paths), log and return their paths."""
     check_config(cfg, SAMPLE_RULES)
     model = load_checkpoint_model(cfg.ckpt_path)
     torch.manual_seed(cfg.seed)
@@ -54,9 +67,10 @@ def sample(cfg: DictConfig) -> list[Path]:
         grids = sample_grids(cfg, model)
     out_dir = Path(cfg.out) if cfg.out else run_dir_of(Path(cfg.ckpt_path)) / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, grid in grids.items():
-        paths.append(out_dir / f"{name}.png")
-        save_image(grid, paths[-1])
-    log.info("wrote %d image(s) to %s", len(paths), out_dir)
+    paths = free_paths(out_dir, grids)
+    for path, grid in zip(paths, grids.values(), strict=True):
+        # "x": a file that appeared since free_paths looked (another call) fails, not replaced
+        with path.open("xb") as file:
+            save_image(grid, file, format="png")
+        log.info("wrote %s", path)
     return paths
