@@ -4,6 +4,7 @@ split, in the space of a feature network.
     python benchmarks/sample_quality.py ckpt_path=outputs/DATE/TIME/checkpoints/last.ckpt
     python benchmarks/sample_quality.py ckpt_path=... n=1000 seed=1 temperature=0.8
     python benchmarks/sample_quality.py ckpt_path=... inception=pt_inception.pt
+    python benchmarks/sample_quality.py ckpt_path=... samples=training_images  # the floor
 
 It draws n images from the prior (10,000 by default, from a generator of the seed), takes as many
 of the run's test images (all of them where the split is smaller), and prints the metrics
@@ -32,6 +33,8 @@ from vae_lightning.progress import Progress
 from vae_lightning.runs import load_checkpoint_model, run_data_config, run_dir_of
 from vae_lightning.sample_quality import SampleQuality
 
+log = logging.getLogger(__name__)
+
 DEFAULTS = {
     "ckpt_path": None,
     "n": 10_000,
@@ -40,7 +43,11 @@ DEFAULTS = {
     "temperature": 1.0,
     "inception": None,
     "out": None,
+    "samples": "prior",
 }
+# what stands for the generated images: the prior's samples, or as many training images, whose
+# numbers against the test images are the floor a perfect model would reach
+SAMPLES = ("prior", "training_images")
 
 
 def feature_network(inception: str | None, data_name: str, image_shape) -> FeatureNetwork:
@@ -60,29 +67,45 @@ def feature_network(inception: str | None, data_name: str, image_shape) -> Featu
     return fashion_mnist_features()
 
 
+def add_real_images(
+    quality: SampleQuality, datamodule, split: str, n: int, batch_size: int, real: bool
+) -> int:
+    """The first n images of a split added to `quality` as real or generated; their number."""
+    # the grey images themselves, not binarised as a run with data.binarize may see them
+    images = datamodule.by_batch(datamodule.split(split))
+    n = min(n, len(images))
+    with Progress(f"features of the {split} images", total=n, unit="images") as progress:
+        for index in torch.arange(n).split(batch_size):
+            quality.update(to_unit_float(images[index][0]), real=real)
+            progress.advance(len(index))
+    return n
+
+
 def measure(cfg) -> dict[str, float]:
     if cfg.n < 4:  # precision/recall needs more points than its k = 3 neighbours
         raise ConfigError("n", cfg.n, "at least 4 images")
+    if cfg.samples not in SAMPLES:
+        raise ConfigError("samples", cfg.samples, " or ".join(SAMPLES))
     model = load_checkpoint_model(cfg.ckpt_path)
     datamodule = instantiate(run_data_config(cfg.ckpt_path, "benchmarks/sample_quality.py"))
     network = feature_network(cfg.inception, datamodule.name, model.hparams.image_shape)
     quality = SampleQuality(network)
-    # the grey test images themselves, not binarised as a run with data.binarize may see them
-    test = datamodule.by_batch(datamodule.split("test"))
-    real_n = min(cfg.n, len(test))
-    with Progress("features of the test images", total=real_n, unit="images") as progress:
-        for index in torch.arange(real_n).split(cfg.batch_size):
-            quality.update(to_unit_float(test[index][0]), real=True)
-            progress.advance(len(index))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    with Progress("prior samples and their features", total=cfg.n, unit="images") as progress:
-        for count in torch.arange(cfg.n).split(cfg.batch_size):
-            with torch.no_grad():
+    real_n = add_real_images(quality, datamodule, "test", cfg.n, cfg.batch_size, real=True)
+    if cfg.samples == "training_images":
+        generated_n = add_real_images(quality, datamodule, "train", cfg.n, cfg.batch_size, False)
+    else:
+        generator = torch.Generator().manual_seed(cfg.seed)
+        with Progress("prior samples and their features", total=cfg.n, unit="images") as progress:
+            for count in torch.arange(cfg.n).split(cfg.batch_size):
                 images = model.sample(len(count), generator, temperature=cfg.temperature)
-            quality.update(images, real=False)
-            progress.advance(len(count))
+                quality.update(images, real=False)
+                progress.advance(len(count))
+        generated_n = cfg.n
+    log.info(
+        "FID, KID and precision/recall of %d generated and %d test images", generated_n, real_n
+    )
     torch.manual_seed(cfg.seed)  # KID's random subsets
-    return quality.compute() | {"generated_images": cfg.n, "test_images": real_n}
+    return quality.compute() | {"generated_images": generated_n, "test_images": real_n}
 
 
 def main(argv: list[str]) -> None:

@@ -265,6 +265,14 @@ def test_the_benchmark_command_measures_a_trained_runs_prior_samples(tmp_path):
     }  # the same seed, the same numbers
     assert again.returncode == 0
 
+    # training images in place of samples: the floor, far below a barely trained model's numbers
+    result = run_script(
+        "benchmarks/sample_quality.py", f"ckpt_path={ckpt}", "n=40", "samples=training_images",
+        f"out={tmp_path / 'floor.json'}",
+    )  # fmt: skip
+    floor = json.loads((tmp_path / "floor.json").read_text())
+    assert floor["fid_fmnist_features"] < written["fid_fmnist_features"] / 2
+
     result = run_script("benchmarks/sample_quality.py", f"ckpt_path={ckpt}", "nn=40")
     assert result.returncode == 2 and "Key 'nn'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
