@@ -15,9 +15,9 @@ measures its accuracy on the 10,000 test images and writes, in src/vae_lightning
 
 Deterministic by seed: the CPU only, a fixed number of threads, torch's deterministic algorithms,
 and the shuffling drawn from a generator of the seed. The same seed, threads and torch version
-write the same bytes. One thread by default: on a shared 2-core machine two threads ran
-several times slower than one. About 2.5 minutes of one core's time; 16 minutes of wall time on a
-2-core machine shared with four other busy processes.
+write the same bytes (two runs here wrote the same SHA-256). One thread by default: on a shared
+2-core machine two threads ran several times slower than one. About 2 minutes on a quiet core;
+16 minutes of wall time on 2 cores shared with four other busy processes.
 """
 
 import argparse
