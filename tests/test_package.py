@@ -46,6 +46,13 @@ def test_an_installed_wheel_trains_from_any_directory_with_a_users_own_config(tm
     elsewhere.mkdir()
     located = run(python, "-c", "import vae_lightning.conf as c; print(c.__file__)", cwd=elsewhere)
     assert located.stdout.startswith(str(env))  # not this checkout's conf/
+    # the feature network's weights ship inside, and load there with their SHA-256 checked
+    load_weights = (
+        "import vae_lightning.features as f; f.fashion_mnist_classifier(); "
+        "print(f.FASHION_MNIST_WEIGHTS)"
+    )
+    shipped = run(python, "-c", load_weights, cwd=elsewhere)
+    assert shipped.stdout.startswith(str(env))
 
     # a user's own model config, beside the packaged ones, through Hydra's search path
     (elsewhere / "my_conf" / "model").mkdir(parents=True)
