@@ -96,26 +96,32 @@ def prepare_command_line(config_dir: str | Path, config_name: str, argv: list[st
 
 
 def _refusal_writes_nothing(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """A single run refused inside its job (a UserError, e.g. data whose image size the conv
-    network cannot halve) removes the run directory Hydra created for it, and the folders above
-    it that Hydra created and that stay empty. A run directory that was there before (resume=)
-    is left as it is."""
+    """A single run refused inside its job (exit status 2: a config found not to work, e.g. a
+    checkpoint that does not load) before it wrote anything of its own removes the run directory
+    Hydra created for it, and the folders above it that Hydra created and that stay empty. A run
+    directory that was there before (resume=), or that holds more than Hydra's files and the log
+    (an interrupted or failed training), is left as it is."""
 
     @functools.wraps(job)
     def wrapper(cfg: DictConfig) -> Any:
         try:
             return job(cfg)
-        except UserError:
-            if _new_folders and HydraConfig.get().mode == RunMode.RUN:
-                run_dir, *above = _new_folders
-                shutil.rmtree(run_dir, ignore_errors=True)
-                for folder in above:
-                    if any(folder.iterdir()):  # another run may have started in it since
-                        break
-                    folder.rmdir()
+        except UserError as error:
+            if error.exit_code == 2 and _new_folders and HydraConfig.get().mode == RunMode.RUN:
+                _remove_new_run_dir(*_new_folders)
             raise
 
     return wrapper
+
+
+def _remove_new_run_dir(run_dir: Path, *above: Path) -> None:
+    if not all(path.name == ".hydra" or path.suffix == ".log" for path in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir)
+    for folder in above:
+        if any(folder.iterdir()):  # another run may have started in it since
+            break
+        folder.rmdir()
 
 
 def _announce_run(cfg: DictConfig) -> None:

@@ -347,20 +347,28 @@ def trainer_arguments() -> tuple[str, ...]:
     Read from the installed Lightning's source, which find_spec locates without importing it:
     importing Lightning takes longer than a refused command may. Should Lightning move its
     Trainer, the signature of the imported class is the answer."""
-    package = Path(importlib.util.find_spec("lightning").origin).parent
-    source = package / "pytorch" / "trainer" / "trainer.py"
-    tree = ast.parse(source.read_text()) if source.is_file() else ast.Module(body=[])
-    for node in tree.body:
+    init = _trainer_init_in_source()
+    if init is None:
+        import lightning
+
+        names = list(inspect.signature(lightning.Trainer.__init__).parameters)
+    else:
+        names = [a.arg for a in (*init.args.posonlyargs, *init.args.args, *init.args.kwonlyargs)]
+    return tuple(name for name in names if name != "self")
+
+
+def _trainer_init_in_source() -> ast.FunctionDef | None:
+    source = (
+        Path(importlib.util.find_spec("lightning").origin).parent / "pytorch/trainer/trainer.py"
+    )
+    if not source.is_file():
+        return None
+    for node in ast.parse(source.read_text()).body:
         if isinstance(node, ast.ClassDef) and node.name == "Trainer":
             for init in node.body:
                 if isinstance(init, ast.FunctionDef) and init.name == "__init__":
-                    args = init.args
-                    names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
-                    return tuple(name for name in names if name != "self")
-    import lightning
-
-    parameters = inspect.signature(lightning.Trainer.__init__).parameters
-    return tuple(name for name in parameters if name != "self")
+                    return init
+    return None
 
 
 def _closest(word: str, options: list[str]) -> list[str]:
@@ -452,7 +460,9 @@ def check_override_keys(config_dir: str | Path, config_name: str, argv: list[str
     return rewritten
 
 
-def compose_command_line(config_dir: str | Path, config_name: str, argv: list[str]) -> Any:
+def compose_command_line(
+    config_dir: str | Path, config_name: str, argv: list[str]
+) -> DictConfig | None:
     """The config Hydra will compose from `argv` (as check_override_keys returns it), with
     Hydra's own config, to check its values before Hydra starts: a sweep of group options at its
     first option, a sweep of values left out (each job checks its own). None where this cannot
