@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.helpers import ROOT, TINY, make_config, run_script
+from vae_lightning.commands import prepare_command_line
 from vae_lightning.config import trainer_arguments
 
 
@@ -41,6 +42,7 @@ REFUSED_BEFORE_HYDRA = [
     ("train.py", "data.image_size=30"),
     ("train.py", "trainer.limt_train_batches=5"),
     ("train.py", "ckpt_path=nowhere.ckpt"),
+    ("train.py", "print_config=yes"),
     ("eval.py",),
     ("eval.py", "ckpt_path=nowhere.ckpt"),
     ("sample.py", "n=0"),
@@ -190,3 +192,14 @@ def test_a_run_with_a_list_of_loggers_shows_its_directory_and_config_first(tmp_p
 def test_every_argument_of_lightnings_trainer_is_read_from_its_source():
     parameters = inspect.signature(L.Trainer.__init__).parameters
     assert trainer_arguments() == tuple(name for name in parameters if name != "self")
+
+
+def test_a_new_run_directory_is_named_among_the_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["model.latent_dim=3", "--cfg", "job"]  # Hydra takes its overrides in one run
+    prepared = prepare_command_line(ROOT / "conf", "train", argv)
+    assert prepared[0] == "model.latent_dim=3" and prepared[2:] == ["--cfg", "job"]
+    assert prepared[1].startswith(f"hydra.run.dir='{tmp_path / 'outputs'}")
+    assert list(tmp_path.iterdir()) == []
+    existing = ["model.latent_dim=3", f"hydra.run.dir={tmp_path}"]  # nothing to remove later
+    assert prepare_command_line(ROOT / "conf", "train", existing) == existing

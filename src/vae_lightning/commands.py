@@ -31,6 +31,7 @@ from vae_lightning.config import (
     group_choices_by_dotted_key,
     is_multirun,
     optimized_value,
+    parse_hydra_arguments,
 )
 from vae_lightning.errors import ConfigError, UserError, exit_on_config_error
 from vae_lightning.phases import startup_phases
@@ -92,7 +93,10 @@ def prepare_command_line(config_dir: str | Path, config_name: str, argv: list[st
     if is_multirun(cfg, argv) or not new_folders:
         return argv
     _new_folders[:] = new_folders
-    return [*argv, f"hydra.run.dir='{run_dir}'"]
+    # after the last override, as Hydra's parser takes them all in one run of its arguments
+    overrides = parse_hydra_arguments(argv).overrides
+    end = len(argv) - argv[::-1].index(overrides[-1]) if overrides else len(argv)
+    return [*argv[:end], f"hydra.run.dir='{run_dir}'", *argv[end:]]
 
 
 def _refusal_writes_nothing(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
@@ -115,6 +119,8 @@ def _refusal_writes_nothing(job: Callable[[DictConfig], Any]) -> Callable[[DictC
 
 
 def _remove_new_run_dir(run_dir: Path, *above: Path) -> None:
+    if not run_dir.is_dir():
+        return
     if not all(path.name == ".hydra" or path.suffix == ".log" for path in run_dir.iterdir()):
         return
     shutil.rmtree(run_dir)

@@ -60,6 +60,7 @@ SEED_RULE = ("seed", _is_int, "an integer, e.g. seed=0")
 # (key, test, what is allowed); a key missing from the config is not checked.
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     SEED_RULE,
+    ("print_config", lambda v: isinstance(v, bool), "true or false"),
     ("model.latent_dim", _positive_int, "a positive integer, e.g. model.latent_dim=16"),
     ("model.beta", lambda v: _is_number(v) and v >= 0, "a number >= 0, e.g. model.beta=1"),
     ("model.likelihood", lambda v: v in LIKELIHOODS, f"one of {', '.join(LIKELIHOODS)}"),
