@@ -12,10 +12,11 @@ import torch
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from tests.helpers import ROOT, TINY, make_config, read_tensorboard, run_script
-from vae_lightning.cli import exit_on_config_error, prepare_command_line, train
+from vae_lightning.cli import train
+from vae_lightning.commands import prepare_command_line
 from vae_lightning.config import check_config
 from vae_lightning.data import ShapesDataModule
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import ConfigError, exit_on_config_error
 from vae_lightning.reliability import NonFiniteLoss
 
 # 256 training images in batches of 32: 8 steps per epoch, 16 in all, last.ckpt every 3 steps.
@@ -89,7 +90,8 @@ def test_known_options_and_values_pass_unchanged(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "mine.yaml").write_text("network: mlp\n")
     argv = ["--config-dir", str(tmp_path), "model=mine"]  # a group option from another folder
-    assert prepare_command_line(ROOT / "conf", "train", argv) == argv
+    prepared = prepare_command_line(ROOT / "conf", "train", argv)
+    assert prepared[:-1] == argv and prepared[-1].startswith("hydra.run.dir=")  # named once
 
 
 @pytest.mark.slow

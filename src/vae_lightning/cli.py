@@ -1,14 +1,11 @@
 """What the entry points run: each function takes a composed Hydra config and does one job."""
 
-import functools
 import io
 import json
 import logging
-import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,56 +23,16 @@ from vae_lightning.callbacks import (
     console_callbacks,
     log_hparams_with_metrics,
 )
-from vae_lightning.config import (
-    check_accelerator,
-    check_config,
-    check_group_choices,
-    check_image_shape,
-    check_optimized_metric,
-    check_override_keys,
-    group_choices_by_dotted_key,
-)
-from vae_lightning.errors import ConfigError, UserError
+from vae_lightning.config import check_config, check_image_shape, check_optimized_metric
+from vae_lightning.errors import ConfigError
 from vae_lightning.metrics import evaluate_model
 from vae_lightning.phases import Phases
-from vae_lightning.runs import (
-    checkpoint_to_resume,
-    load_checkpoint_model,
-    resume_arguments,
-    run_data_config,
-)
+from vae_lightning.runs import checkpoint_to_resume, load_checkpoint_model, run_data_config
 
 log = logging.getLogger(__name__)
 
 # Written beside metrics.json: the IWAE NLL of each test image, for comparisons image by image.
 PER_IMAGE_NLL = "iwae_nll_per_image.pt"
-
-
-def exit_on_config_error(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a ConfigError (any UserError) into one line on stderr and its exit status (2 for a
-    config), instead of a traceback; HYDRA_FULL_ERROR=1 keeps the traceback."""
-
-    @functools.wraps(main)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return main(*args, **kwargs)
-        except UserError as error:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(error.exit_code)
-
-    return wrapper
-
-
-@exit_on_config_error
-def prepare_command_line(config_dir: str | Path, config_name: str, argv: list[str]) -> list[str]:
-    """The arguments for Hydra: `resume=<run dir>` expanded, nested groups chosen with a dot
-    (`model.objective=iwae`), unknown group options and keys refused, all of Lightning's Trainer
-    arguments accepted as trainer.X=..., the output folder checked."""
-    argv = group_choices_by_dotted_key(config_dir, resume_arguments(argv))
-    check_group_choices(config_dir, argv)
-    return check_override_keys(config_dir, config_name, argv)
 
 
 # Lightning's messages that nobody can act on: an advertisement, the seed (the config has it),
@@ -150,6 +107,16 @@ def test_metrics(
                 iwae_images=eval_cfg.get("iwae_images"),
             )
     return metrics
+
+
+def check_accelerator(key: str, accelerator: Any) -> None:
+    """A GPU accelerator needs a GPU: say so in one line before Lightning says it in six."""
+    name = str(accelerator).lower()
+    missing = (name in ("gpu", "cuda") and not torch.cuda.is_available()) or (
+        name == "mps" and not torch.backends.mps.is_available()
+    )
+    if missing:
+        raise ConfigError(key, accelerator, "cpu or auto: this machine has no GPU (trainer=cpu)")
 
 
 def train(cfg: DictConfig, startup: dict[str, float] | None = None) -> dict[str, Any]:

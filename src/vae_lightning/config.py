@@ -1,15 +1,16 @@
 """Config checks at the point where a config enters, each failure one line naming key and fix."""
 
 import argparse
+import ast
 import difflib
+import functools
+import importlib.util
 import inspect
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -18,15 +19,20 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lightning.data.images import UNREADABLE
-from vae_lightning.disentanglement import DCI_REGRESSORS, METRICS
-from vae_lightning.elbo import LIKELIHOODS, SIGMA_PER
 from vae_lightning.errors import ConfigError, UnknownKeyError, UserError
-from vae_lightning.networks import NETWORKS, conv_downsampling
-from vae_lightning.objectives.beta_tc import SAMPLING
-from vae_lightning.objectives.dip import VARIANTS
-from vae_lightning.objectives.iwae import ESTIMATORS
-from vae_lightning.priors import PRIORS
+from vae_lightning.options import (
+    DCI_REGRESSORS,
+    ESTIMATORS,
+    LIKELIHOODS,
+    METRICS,
+    NETWORKS,
+    PRIORS,
+    SAMPLING,
+    SIGMA_PER,
+    UNREADABLE,
+    VARIANTS,
+    conv_downsampling,
+)
 
 
 def _is_int(value: Any) -> bool:
@@ -49,8 +55,12 @@ def _positive_ints(value: Any) -> bool:
     return OmegaConf.is_list(value) and len(value) > 0 and all(map(_positive_int, value))
 
 
+SEED_RULE = ("seed", _is_int, "an integer, e.g. seed=0")
+
 # (key, test, what is allowed); a key missing from the config is not checked.
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    SEED_RULE,
+    ("print_config", lambda v: isinstance(v, bool), "true or false"),
     ("model.latent_dim", _positive_int, "a positive integer, e.g. model.latent_dim=16"),
     ("model.beta", lambda v: _is_number(v) and v >= 0, "a number >= 0, e.g. model.beta=1"),
     ("model.likelihood", lambda v: v in LIKELIHOODS, f"one of {', '.join(LIKELIHOODS)}"),
@@ -140,7 +150,23 @@ SAMPLE_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("steps", lambda v: _is_int(v) and v >= 2, "an integer >= 2, e.g. steps=9"),
     ("span", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. span=3"),
     ("temperature", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. temperature=0.7"),
+    SEED_RULE,
 ]
+
+# The rules of export.py's config (conf/export.yaml).
+EXPORT_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("n_images", _positive_int, "a positive integer, e.g. n_images=32"),
+    SEED_RULE,
+]
+
+CHECKPOINT_EXAMPLE = "ckpt_path=<run dir>/checkpoints/last.ckpt"
+
+# The keys each command cannot run without, with an example of each.
+REQUIRED: dict[str, dict[str, str]] = {
+    "eval": {"ckpt_path": CHECKPOINT_EXAMPLE},
+    "sample": {"ckpt_path": CHECKPOINT_EXAMPLE},
+    "export": {"ckpt_path": CHECKPOINT_EXAMPLE, "out": "out=shared/my-vae (a new folder)"},
+}
 
 
 # (key, test of the whole config, what is allowed): values that only work together.
@@ -213,14 +239,26 @@ def check_config(
                 raise ConfigError(key, OmegaConf.select(cfg, key), allowed)
 
 
+def check_required(command: str, cfg: DictConfig) -> None:
+    """Raise ConfigError for a key that `command` (eval, sample, export) needs and is not set."""
+    for key, example in REQUIRED.get(command, {}).items():
+        if OmegaConf.is_missing(cfg, key) or not cfg[key]:
+            raise ConfigError(key, None, f"it is required, e.g. {example}")
+
+
 def check_image_shape(cfg: DictConfig, image_shape: tuple[int, int, int]) -> None:
-    """The conv network halves the image once per hidden layer: the size must allow it."""
+    """The conv network halves the image once per hidden layer: the size must allow it. The
+    message names data.image_size, where the data has one, beside model.hidden_dims."""
     if cfg.model.network not in ("conv", "hierarchical"):
         return
+    hidden_dims = list(cfg.model.hidden_dims)
     try:
-        conv_downsampling(image_shape, len(cfg.model.hidden_dims))
+        conv_downsampling(image_shape, len(hidden_dims))
     except ValueError as error:
-        raise ConfigError("model.hidden_dims", list(cfg.model.hidden_dims), str(error)) from None
+        reason = f"with model.hidden_dims={hidden_dims}, {error}"
+        if "image_size" in cfg.data:
+            raise ConfigError("data.image_size", cfg.data.image_size, reason) from None
+        raise ConfigError("data", f"images of {image_shape[1]}x{image_shape[2]}", reason) from None
 
 
 # Hydra's own command-line flags that take a value (`hydra --help`): their values are not overrides.
@@ -295,16 +333,43 @@ def check_group_choices(config_dir: str | Path, argv: list[str]) -> None:
             if not options or override.is_delete():
                 continue  # a value such as model.beta, not a group
             for choice in value.list if isinstance(value, ChoiceSweep) else [value]:
-                if isinstance(choice, str) and choice not in options:
-                    allowed = f"one of {', '.join(options)} (the files in conf/{group}/)"
-                    raise ConfigError(group.replace("/", "."), choice, allowed)
+                # a list (`logger=[tensorboard,csv]`) chooses several options at once
+                for option in choice if isinstance(choice, list) else [choice]:
+                    if isinstance(option, str) and option not in options:
+                        allowed = f"one of {', '.join(options)} (the files in conf/{group}/)"
+                        raise ConfigError(group.replace("/", "."), option, allowed)
 
 
-# Every argument of lightning.Trainer: each can be set as trainer.X=... (conf/trainer/ lists the
-# common ones; the rest are added as Hydra's ++trainer.X=...).
-TRAINER_ARGUMENTS = tuple(
-    p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"
-)
+@functools.cache
+def trainer_arguments() -> tuple[str, ...]:
+    """Every argument of lightning.Trainer: each can be set as trainer.X=... (conf/trainer/ lists
+    the common ones; the rest are added as Hydra's ++trainer.X=...).
+
+    Read from the installed Lightning's source, which find_spec locates without importing it:
+    importing Lightning takes longer than a refused command may. Should Lightning move its
+    Trainer, the signature of the imported class is the answer."""
+    init = _trainer_init_in_source()
+    if init is None:
+        import lightning
+
+        names = list(inspect.signature(lightning.Trainer.__init__).parameters)
+    else:
+        names = [a.arg for a in (*init.args.posonlyargs, *init.args.args, *init.args.kwonlyargs)]
+    return tuple(name for name in names if name != "self")
+
+
+def _trainer_init_in_source() -> ast.FunctionDef | None:
+    source = (
+        Path(importlib.util.find_spec("lightning").origin).parent / "pytorch/trainer/trainer.py"
+    )
+    if not source.is_file():
+        return None
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+            for init in node.body:
+                if isinstance(init, ast.FunctionDef) and init.name == "__init__":
+                    return init
+    return None
 
 
 def _closest(word: str, options: list[str]) -> list[str]:
@@ -351,6 +416,8 @@ def check_override_keys(config_dir: str | Path, config_name: str, argv: list[str
                     # takes no null for a group on the command line (a traceback), only ~logger
                     unset.append(override)
                     choices.append(f"~{override.get_key_element()}")
+                elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                    choices.append(f"{override.get_key_element()}=[{','.join(value)}]")
                 elif not isinstance(value, str):
                     return argv  # a glob or range of options: Hydra expands it
                 else:
@@ -376,12 +443,12 @@ def check_override_keys(config_dir: str | Path, config_name: str, argv: list[str
         if OmegaConf.is_list(parent) and leaf.isdigit() and int(leaf) < len(parent):
             continue
         if parent_key == "trainer" and OmegaConf.is_dict(parent):
-            if leaf in TRAINER_ARGUMENTS:
+            if leaf in trainer_arguments():
                 index = rewritten.index(override.input_line)
                 rewritten[index] = "++" + override.input_line
                 continue
             raise _unknown_key(
-                key, "an argument of lightning.Trainer", list(TRAINER_ARGUMENTS), _TRAINER_HINT
+                key, "an argument of lightning.Trainer", list(trainer_arguments()), _TRAINER_HINT
             )
         while parent is None:  # report the first missing part: model.x.y when model has no x
             key, (parent_key, _, leaf) = parent_key, parent_key.rpartition(".")
@@ -391,9 +458,59 @@ def check_override_keys(config_dir: str | Path, config_name: str, argv: list[str
         keys = [str(k) for k in parent if k != "hydra"]
         where = f"a key of {parent_key}" if parent_key else "a top-level key"
         raise _unknown_key(key, where, keys, f"its keys: {', '.join(keys)} (+{key}=... adds one)")
-    multirun = "-m" in argv or "--multirun" in argv or cfg.hydra.mode == RunMode.MULTIRUN
-    check_writable("hydra.sweep.dir" if multirun else "hydra.run.dir", cfg)
     return rewritten
+
+
+def compose_command_line(
+    config_dir: str | Path, config_name: str, argv: list[str]
+) -> DictConfig | None:
+    """The config Hydra will compose from `argv` (as check_override_keys returns it), with
+    Hydra's own config, to check its values before Hydra starts: a sweep of group options at its
+    first option, a sweep of values left out (each job checks its own). None where this cannot
+    compose it, e.g. with --config-path: Hydra reports what it finds itself."""
+    args = parse_hydra_arguments(argv)
+    if args.config_path:
+        return None
+    try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except HydraException:
+        return None
+    extra_dirs = [d for d in (args.config_dir,) if d]
+    with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
+        overrides = [f"hydra.searchpath=[file://{Path(d).resolve()}]" for d in extra_dirs]
+        for override in parsed:
+            value = override.value()
+            if not override.is_sweep_override():
+                overrides.append(override.input_line)
+            elif isinstance(value, ChoiceSweep) and _group_options()(override.key_or_group):
+                overrides.append(f"{override.get_key_element()}={value.list[0]}")
+        try:
+            return compose(args.config_name or config_name, overrides, return_hydra_config=True)
+        except Exception:  # anything Hydra cannot compose, Hydra reports itself
+            return None
+
+
+def check_command_config(command: str, cfg: DictConfig, argv: list[str]) -> None:
+    """What can be checked of a command's composed config (compose_command_line) without torch
+    or the data: the rules of its keys, the keys it requires, a ckpt_path that is no file, an
+    image size the conv network cannot halve, and the output folder Hydra will create."""
+    check_required(command, cfg)
+    check_config(cfg, {"sample": SAMPLE_RULES, "export": EXPORT_RULES}.get(command, RULES))
+    if command == "train":
+        check_optimized_metric(cfg)
+        size = OmegaConf.select(cfg, "data.image_size")
+        if _positive_int(size):
+            check_image_shape(cfg, (1, size, size))
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
+        allowed = f"no such file; a checkpoint of train.py, e.g. {CHECKPOINT_EXAMPLE}"
+        raise ConfigError("ckpt_path", ckpt_path, allowed)
+    check_writable("hydra.sweep.dir" if is_multirun(cfg, argv) else "hydra.run.dir", cfg)
+
+
+def is_multirun(cfg: DictConfig, argv: list[str]) -> bool:
+    """Whether Hydra runs `argv` as a multirun (-m, or hydra.mode=MULTIRUN in the config)."""
+    return "-m" in argv or "--multirun" in argv or cfg.hydra.mode == RunMode.MULTIRUN
 
 
 _TRAINER_HINT = "see https://lightning.ai/docs/pytorch/stable/common/trainer.html#trainer-flags"
@@ -421,16 +538,6 @@ def check_writable(key: str, cfg: DictConfig) -> None:
             f"{key}={folder} cannot be created ({reason} in {existing}): choose a writable "
             f"folder, e.g. {key}=outputs/run"
         ) from None
-
-
-def check_accelerator(key: str, accelerator: Any) -> None:
-    """A GPU accelerator needs a GPU: say so in one line before Lightning says it in six."""
-    name = str(accelerator).lower()
-    missing = (name in ("gpu", "cuda") and not torch.cuda.is_available()) or (
-        name == "mps" and not torch.backends.mps.is_available()
-    )
-    if missing:
-        raise ConfigError(key, accelerator, "cpu or auto: this machine has no GPU (trainer=cpu)")
 
 
 # The metrics train.py can hand to a sweeper (`optimized_metric`): the keys of metrics.json

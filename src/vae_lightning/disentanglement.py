@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vae_lightning.options import DCI_REGRESSORS, METRICS
+
 __all__ = [
     "METRICS",
     "beta_vae_score",
@@ -36,9 +38,7 @@ __all__ = [
     "sap",
 ]
 
-METRICS = ("beta_vae", "factor_vae", "mig", "sap", "dci")
 MIG_BINS = 20  # equal-width bins per latent, as in Chen et al. 2018 and disentanglement_lib
-DCI_REGRESSORS = ("gbt", "lasso")
 # disentanglement_lib's configs for the FactorVAE score: prune_dims.threshold = 0.05 (on the std).
 FACTOR_VAE_PRUNE_THRESHOLD = 0.05
 # disentanglement_lib's SAP classifier: LinearSVC(C=0.01, class_weight="balanced").

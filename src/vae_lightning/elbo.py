@@ -113,10 +113,6 @@ class LearnedGaussian(nn.Module):
         return mean.clamp(0, 1)
 
 
-LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
-SIGMA_PER = ("image", "channel")
-
-
 def build_likelihood(
     name: str, gaussian_sigma: float, channels: int = 1, sigma_per: str = "image"
 ) -> nn.Module:

@@ -1,10 +1,14 @@
 """The errors whose message is the whole story for a user: shown as one line, no traceback."""
 
+import functools
+import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 
 class UserError(Exception):
-    """An error the user can fix from its message alone (see cli.exit_on_config_error)."""
+    """An error the user can fix from its message alone (see exit_on_config_error)."""
 
     exit_code = 1
 
@@ -29,3 +33,20 @@ class UnreadableImageError(UserError):
     that can: one line naming the file, exit status 2 as for a config that cannot work."""
 
     exit_code = 2
+
+
+def exit_on_config_error(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a ConfigError (any UserError) into one line on stderr and its exit status (2 for a
+    config), instead of a traceback; HYDRA_FULL_ERROR=1 keeps the traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(error.exit_code)
+
+    return wrapper

@@ -14,10 +14,10 @@ import torch
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import is_jsonable
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torchvision.utils import save_image
 
-from vae_lightning.config import check_config
+from vae_lightning.config import EXPORT_RULES, check_config, check_required
 from vae_lightning.drawing import grid, reconstruction_grid
 from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
@@ -29,20 +29,6 @@ SAMPLES, RECONSTRUCTIONS, CARD = "samples.png", "reconstructions.png", "README.m
 # What an export writes (the first two by save_pretrained): all an earlier export may hold.
 WRITTEN = ("model.safetensors", "config.json", CARD, SAMPLES, RECONSTRUCTIONS)
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-EXPORT_RULES = [
-    ("n_images", lambda v: _is_int(v) and v > 0, "a positive integer, e.g. n_images=32"),
-    ("seed", _is_int, "an integer, e.g. seed=0"),
-]
-
-REQUIRED = {
-    "ckpt_path": "ckpt_path=<run dir>/checkpoints/last.ckpt",
-    "out": "out=shared/my-vae (a new folder)",
-}
 
 # Rendered by huggingface_hub's ModelCard.from_template (Jinja2): `card_data` is the YAML front
 # matter the Hub reads (library_name, tags, pipeline_tag: those the mixin gives the VAE class).
@@ -129,9 +115,7 @@ or the weights and config.json alone, with the mixin's own card:
 
 def export(cfg: DictConfig) -> Path:
     """Export `cfg.ckpt_path` into the folder `cfg.out` (see conf/export.yaml)."""
-    for key, example in REQUIRED.items():
-        if OmegaConf.is_missing(cfg, key) or not cfg[key]:
-            raise ConfigError(key, None, f"it is required, e.g. {example}")
+    check_required("export", cfg)
     check_config(cfg, EXPORT_RULES)
     return export_checkpoint(cfg.ckpt_path, cfg.out, n_images=cfg.n_images, seed=cfg.seed)
 

@@ -29,7 +29,7 @@ from torch import nn
 from torch.func import functional_call
 
 from vae_lightning.elbo import ELBOTerms, diagonal_gaussian_log_prob, gaussian_kl_per_dim
-from vae_lightning.networks import conv_downsampling
+from vae_lightning.options import conv_downsampling
 
 Gaussian = tuple[torch.Tensor, torch.Tensor]  # (mu, log sigma^2), each shaped like z
 

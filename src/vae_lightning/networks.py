@@ -10,8 +10,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-# "hierarchical" is the VAE of hierarchical.py, built there
-NETWORKS = ("mlp", "conv", "hierarchical")
+from vae_lightning.options import conv_downsampling
 
 # log sigma^2 outside [-30, 20] means sigma below 3e-7 or above 2e4: no useful posterior lives
 # there, and exp() of it is where overflow and NaN gradients start.
@@ -58,18 +57,6 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
-
-
-def conv_downsampling(image_shape: tuple[int, int, int], n_layers: int) -> tuple[int, int]:
-    """The (H, W) after n stride-2 layers; each layer halves exactly, so both must divide."""
-    _, height, width = image_shape
-    factor = 2**n_layers
-    if height % factor or width % factor:
-        raise ValueError(
-            f"a conv network with {n_layers} stride-2 layers needs height and width divisible by "
-            f"{factor}, got {height}x{width}"
-        )
-    return height // factor, width // factor
 
 
 class ConvEncoder(nn.Module):

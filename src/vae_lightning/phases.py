@@ -13,19 +13,17 @@ import vae_lightning
 _startup_reported = False
 
 
-def startup_phases(imports_done_at: float) -> dict[str, float]:
+def startup_phases(import_seconds: float) -> dict[str, float]:
     """The seconds before a run's own work, for the first run of a process ({} for the later
-    runs of a multirun): `imports` from the package's first import (the first line of train.py)
-    to `imports_done_at`, then `config`, Hydra composing the config, until now."""
+    runs of a multirun): `imports`, the seconds spent importing, and `config`, the rest since the
+    package's first import (the first line of train.py): checking the command line and Hydra
+    composing the config."""
     global _startup_reported
     if _startup_reported:
         return {}
     _startup_reported = True
-    now = time.perf_counter()
-    return {
-        "imports": imports_done_at - vae_lightning.IMPORTED_AT,
-        "config": now - imports_done_at,
-    }
+    elapsed = time.perf_counter() - vae_lightning.IMPORTED_AT
+    return {"imports": import_seconds, "config": elapsed - import_seconds}
 
 
 class Phases:

@@ -23,8 +23,8 @@ from vae_lightning.elbo import (
     gaussian_kl,
     gaussian_kl_per_dim,
 )
+from vae_lightning.options import PRIORS
 
-PRIORS = ("standard", "vamp")
 # Elements of one (rows, K, D) block in VampPrior.kl_per_dim: bounds its memory for any batch.
 PER_DIM_BLOCK_ELEMENTS = 2**24
 # Spread of the pseudo-inputs' initial logits: mid-grey images, distinct enough that the

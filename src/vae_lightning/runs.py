@@ -36,29 +36,6 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
     return None
 
 
-def resume_arguments(argv: list[str]) -> list[str]:
-    """Expand `resume=<run dir>` into the arguments that continue that run in its directory.
-
-    The run's own saved config (`.hydra/config.yaml`) is composed instead of conf/, so nothing
-    has to be typed again; other arguments still apply (e.g. `trainer.max_epochs=20`).
-    """
-    resume = [arg for arg in argv if arg.startswith("resume=")]
-    if not resume:
-        return argv
-    run_dir = Path(resume[-1].removeprefix("resume=")).resolve()
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if not (run_dir / ".hydra" / "config.yaml").is_file():
-        raise ConfigError("resume", str(run_dir), "a run directory holding .hydra/config.yaml")
-    if not checkpoint.is_file():
-        raise ConfigError("resume", str(run_dir), "a run that saved checkpoints/last.ckpt")
-    return [
-        *("--config-dir", str(run_dir / ".hydra"), "--config-name", "config"),
-        f"hydra.run.dir='{run_dir}'",
-        f"ckpt_path='{checkpoint}'",
-        *(arg for arg in argv if not arg.startswith("resume=")),
-    ]
-
-
 def _plain(value: Any) -> Any:
     return list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else value
 

@@ -24,12 +24,12 @@ from vae_lightning.data.cache import images_problem, load_checked, one_line, sav
 from vae_lightning.data.in_memory import Batch, InMemoryDataModule, InMemoryImages, split_off
 from vae_lightning.data.sources import ImageFiles, Source, UnreadableImage, find_source
 from vae_lightning.errors import ConfigError, UnreadableImageError
+from vae_lightning.options import UNREADABLE
 from vae_lightning.progress import Progress
 from vae_lightning.storage import save_atomically
 
 log = logging.getLogger(__name__)
 
-UNREADABLE = ("skip", "stop")  # what to do with an image file that cannot be decoded
 NAMED_IN_WARNING = 5  # unreadable files named in the warning; the rest are counted
 
 

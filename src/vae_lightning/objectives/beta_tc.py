@@ -19,8 +19,7 @@ import torch
 
 from vae_lightning.elbo import diagonal_gaussian_log_prob
 from vae_lightning.objectives.base import Objective, ObjectiveOutput, TrainingState
-
-SAMPLING = ("mws", "mss")
+from vae_lightning.options import SAMPLING
 
 
 def log_aggregate_weights(

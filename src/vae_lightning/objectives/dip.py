@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from vae_lightning.objectives.base import Objective, ObjectiveOutput, TrainingState
+from vae_lightning.options import VARIANTS
 
-VARIANTS = ("i", "ii")
 # Kumar et al.: lambda_d = 10 lambda_od for DIP-VAE-I, lambda_d = lambda_od for DIP-VAE-II.
 LAMBDA_D_FACTOR = {"i": 10.0, "ii": 1.0}
 

@@ -7,8 +7,7 @@ from typing import Any
 import torch
 
 from vae_lightning.objectives.base import Objective, ObjectiveOutput, TrainingState
-
-ESTIMATORS = ("standard", "dreg")
+from vae_lightning.options import ESTIMATORS
 
 
 class IWAE(Objective):
