@@ -159,8 +159,8 @@ def test_sample_py_refuses_a_missing_checkpoint_in_one_line(tmp_path):
     result = run_script("sample.py", f"ckpt_path={tmp_path}/missing.ckpt", f"out={tmp_path}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: ckpt_path='{tmp_path}/missing.ckpt' is not allowed: a checkpoint of train.py, "
-        "e.g. ckpt_path=outputs/DATE/TIME/checkpoints/last.ckpt (no such file)"
+        f"error: ckpt_path='{tmp_path}/missing.ckpt' is not allowed: no such file; a checkpoint "
+        "of train.py, e.g. ckpt_path=<run dir>/checkpoints/last.ckpt"
     ]
     assert list(tmp_path.iterdir()) == []
 
