@@ -14,7 +14,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep
+from hydra.core.override_parser.types import ChoiceSweep, Override
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -286,6 +286,15 @@ def parse_hydra_arguments(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def parsed_overrides(args: argparse.Namespace) -> list[Override] | None:
+    """The command line's overrides as Hydra parses them; None for a line Hydra cannot parse,
+    which Hydra then reports itself."""
+    try:
+        return OverridesParser.create().parse_overrides(args.overrides)
+    except HydraException:
+        return None
+
+
 def _group_options() -> Callable[[str], list[str]]:
     """The options of a config group (none for a key that is not a group), from Hydra's loader;
     valid inside initialize_config_dir."""
@@ -321,9 +330,8 @@ def check_group_choices(config_dir: str | Path, argv: list[str]) -> None:
     extra = Path(args.config_dir) if args.config_dir else None
     if args.config_path or (extra and extra.is_dir() and any(p.is_dir() for p in extra.iterdir())):
         return  # options may come from groups in other config folders: Hydra knows them
-    try:
-        parsed = OverridesParser.create().parse_overrides(args.overrides)
-    except HydraException:
+    parsed = parsed_overrides(args)
+    if parsed is None:
         return
     with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
         group_options = _group_options()
@@ -396,9 +404,8 @@ def check_override_keys(config_dir: str | Path, config_name: str, argv: list[str
     Keys added with +, ++ or removed with ~, and Hydra's own keys, are left to Hydra.
     """
     args = parse_hydra_arguments(argv)
-    try:
-        parsed = OverridesParser.create().parse_overrides(args.overrides)
-    except HydraException:
+    parsed = parsed_overrides(args)
+    if parsed is None:
         return argv
     extra_dirs = [d for d in (args.config_dir,) if d]
     with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
@@ -471,9 +478,8 @@ def compose_command_line(
     args = parse_hydra_arguments(argv)
     if args.config_path:
         return None
-    try:
-        parsed = OverridesParser.create().parse_overrides(args.overrides)
-    except HydraException:
+    parsed = parsed_overrides(args)
+    if parsed is None:
         return None
     extra_dirs = [d for d in (args.config_dir,) if d]
     with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
