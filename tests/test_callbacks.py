@@ -5,7 +5,8 @@ import sys
 from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
 from omegaconf import OmegaConf
 
-from vae_lightning.callbacks import FILE_ONLY, EpochLog, NoLiveBar, console_callbacks
+from vae_lightning.callbacks import EpochLog, NoLiveBar, console_callbacks
+from vae_lightning.file_only import FILE_ONLY
 
 
 def test_console_callbacks_follow_the_trainer_switches_and_the_terminal(monkeypatch):

@@ -4,6 +4,8 @@ import csv
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -79,7 +81,8 @@ def test_launcher_and_search_configs_compose():
     launcher = slurm.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 1)
-    assert slurm.hydra.callbacks.sweep_report._target_ == "vae_lightning.sweep.SweepReport"
+    report = slurm.hydra.callbacks.sweep_report
+    assert report._target_ == "vae_lightning.hydra_callbacks.SweepReport"
     joblib = hydra_config("hydra/launcher=joblib")
     assert joblib.hydra.launcher._target_.endswith("JoblibLauncher")
     optuna = hydra_config("hparams_search=optuna")
@@ -312,3 +315,14 @@ def test_a_two_objective_two_seed_multirun_writes_the_grouped_report(tmp_path):
         )
     assert "## By setting, over seeds" in (tmp_path / "report.md").read_text()
     assert_png(tmp_path / "seeds_test_elbo.png")
+
+
+def test_what_hydra_loads_as_it_starts_loads_no_torch_lightning_or_matplotlib():
+    # the callbacks and the log filter of conf/hydra/: their imports, before the job, would be
+    # counted as the run's `config` phase, not `imports`
+    code = (
+        "import sys, vae_lightning.hydra_callbacks, vae_lightning.file_only; "
+        "print([m for m in ('torch', 'lightning', 'matplotlib') if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr

@@ -29,6 +29,7 @@ from vae_lightning.drawing import (
     sample_grid,
     traversal_grid,
 )
+from vae_lightning.file_only import FILE_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -241,17 +242,6 @@ class KLPerDimension(EpochImages):
 
 
 # --- console -------------------------------------------------------------------------------------
-
-# `extra=` of a log record that the console shows another way (the live bar, Rich's table) and the
-# log file still needs; Hydra's console handler drops it (DropFileOnly, conf/hydra/default.yaml).
-FILE_ONLY = {"file_only": True}
-
-
-class DropFileOnly(logging.Filter):
-    """Leaves out of a handler the records logged with `extra=FILE_ONLY`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(record, "file_only", False)
 
 
 class EpochLog(Callback):

@@ -17,14 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from vae_lightning.callbacks import (
-    FILE_ONLY,
-    Pictures,
-    console_callbacks,
-    log_hparams_with_metrics,
-)
+from vae_lightning.callbacks import Pictures, console_callbacks, log_hparams_with_metrics
 from vae_lightning.config import check_config, check_image_shape, check_optimized_metric
 from vae_lightning.errors import ConfigError
+from vae_lightning.file_only import FILE_ONLY
 from vae_lightning.metrics import evaluate_model
 from vae_lightning.phases import Phases
 from vae_lightning.runs import checkpoint_to_resume, load_checkpoint_model, run_data_config

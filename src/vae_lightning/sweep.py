@@ -1,7 +1,8 @@
 """Sweeps: a failing job recorded instead of ending the multirun, and a report over all jobs.
 
 `python -m vae_lightning.sweep DIR` (re)writes the report of a finished sweep directory; the
-`SweepReport` Hydra callback writes it when a multirun ends. The report, in DIR:
+`SweepReport` Hydra callback (hydra_callbacks.py) writes it when a multirun ends. The report, in
+DIR:
 
 - `report.csv` and `report.md`: one row per job: overrides, test metrics, wall time, status;
   and per setting (the jobs that differ only in `seed`): the number of seeds and the mean and
@@ -31,7 +32,6 @@ from typing import Any
 import matplotlib
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
@@ -395,26 +395,12 @@ def write_report(sweep_dir: Path) -> list[Job]:
     return jobs
 
 
-class SweepReport(Callback):
-    """Hydra callback: write the report into the sweep directory when a multirun ends."""
-
-    # A local DDP sweep runs the multirun once per process (Lightning starts the others with the
-    # same command line): the report is rank zero's to write.
-    @rank_zero_only
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write_report(Path(config.hydra.sweep.dir))
-
-
-class OptunaThroughHydraLogging(Callback):
-    """Hydra callback of `hparams_search=optuna`: Optuna's messages go through Hydra's logging
-    (its format, its handlers), not Optuna's own handler, whose colour codes would end up in any
-    file the output is sent to."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        import optuna  # only a sweep with the Optuna sweeper has it
-
-        optuna.logging.disable_default_handler()
-        optuna.logging.enable_propagation()
+# A local DDP sweep runs the multirun once per process (Lightning starts the others with the same
+# command line): the report is rank zero's to write.
+@rank_zero_only
+def write_report_once(sweep_dir: Path) -> None:
+    """write_report, by the process of rank zero only (hydra_callbacks.SweepReport's)."""
+    write_report(sweep_dir)
 
 
 def main(argv: list[str]) -> int:
