@@ -24,6 +24,7 @@ from vae_lightning.file_only import FILE_ONLY
 from vae_lightning.metrics import evaluate_model
 from vae_lightning.phases import Phases
 from vae_lightning.runs import checkpoint_to_resume, load_checkpoint_model, run_data_config
+from vae_lightning.sample_quality import sample_metrics
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,15 @@ def test_metrics(
     output_dir: Path,
     ckpt_path: str | None = None,
     phases: Phases | None = None,
+    weights_file: str | None = None,
 ) -> dict[str, Any]:
     """The ELBO terms of trainer.test on the test split, then evaluate_model's metrics of the same
     weights (trainer.test loads `ckpt_path` into `model`) on as many test batches as the
-    Trainer's limit_test_batches allows, in one process (rank zero) only; the IWAE NLL of each
-    image goes to `<output_dir>/iwae_nll_per_image.pt`. Each part is timed into `phases`."""
+    Trainer's limit_test_batches allows, and the sample metrics (`eval_cfg.samples`, null for
+    none), in one process (rank zero) only; the IWAE NLL of each image goes to
+    `<output_dir>/iwae_nll_per_image.pt`. Each part is timed into `phases`. The Gaussian mixture
+    sampler is kept beside the file of the weights: `ckpt_path`, else `weights_file` (the
+    checkpoint a caller loaded into `model` itself)."""
     phases = phases or Phases()
     with phases("test"):
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
@@ -102,6 +107,11 @@ def test_metrics(
                 per_image_path=output_dir / PER_IMAGE_NLL,
                 iwae_images=eval_cfg.get("iwae_images"),
             )
+        if eval_cfg.get("samples"):
+            with phases("sample metrics"):
+                metrics |= sample_metrics(
+                    model, datamodule, eval_cfg.samples, ckpt_path or weights_file
+                )
     return metrics
 
 
@@ -224,7 +234,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         limit_test_batches=cfg.eval.limit_test_batches,
     )
     datamodule.prepare_data()
-    metrics = test_metrics(trainer, model, datamodule, cfg.eval, Path(cfg.paths.output_dir))
+    metrics = test_metrics(
+        trainer, model, datamodule, cfg.eval, Path(cfg.paths.output_dir), weights_file=cfg.ckpt_path
+    )
     metrics.update(
         checkpoint=str(cfg.ckpt_path), wall_time_s=round(time.perf_counter() - started, 1)
     )

@@ -128,6 +128,16 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ),
     ("eval.max_rows", _positive_int, "a positive integer of decoder rows per pass, e.g. 8192"),
     ("eval.iwae_images", _positive_int, "a positive integer, or null for every test image"),
+    (
+        "eval.samples",
+        lambda v: OmegaConf.is_dict(v),
+        "the sample metrics' settings (conf/samples/default.yaml), or null for none",
+    ),
+    # precision/recall needs more images than its k = 3 nearest neighbours
+    ("eval.samples.n", lambda v: _is_int(v) and v >= 4, "an integer >= 4 of samples, e.g. 10000"),
+    ("eval.samples.batch_size", _positive_int, "a positive integer of images, e.g. 500"),
+    ("eval.samples.seed", _is_int, "an integer, e.g. 0"),
+    ("eval.samples.gmm_components", _positive_int, "a positive integer, e.g. 10"),
     ("callbacks.nonfinite.on_nonfinite", lambda v: v in ("stop", "skip"), "stop or skip"),
     (
         "callbacks.nonfinite.every_n_steps",
@@ -146,6 +156,8 @@ SAMPLE_MODES = ("prior", "traverse", "interpolate", "reconstruct")
 # The rules of sample.py's config (conf/sample.yaml).
 SAMPLE_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("mode", lambda v: v in SAMPLE_MODES, f"one of {', '.join(SAMPLE_MODES)}"),
+    ("sampler", lambda v: v in ("prior", "gmm"), "prior or gmm"),
+    ("gmm_components", _positive_int, "a positive integer, e.g. gmm_components=10"),
     ("n", _positive_int, "a positive integer, e.g. n=64"),
     ("steps", lambda v: _is_int(v) and v >= 2, "an integer >= 2, e.g. steps=9"),
     ("span", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. span=3"),

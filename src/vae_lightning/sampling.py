@@ -13,12 +13,14 @@ from omegaconf import DictConfig
 from torchvision.utils import save_image
 
 from vae_lightning.config import SAMPLE_RULES, check_config
+from vae_lightning.drawing import grid as tiled
 from vae_lightning.drawing import (
     interpolation_grid,
     reconstruction_grid,
     sample_grid,
     traversal_grid,
 )
+from vae_lightning.gmm_sampler import gmm_of_checkpoint
 from vae_lightning.module import VAE
 from vae_lightning.runs import load_checkpoint_model, run_data_config, run_dir_of
 
@@ -30,9 +32,14 @@ N_KL_IMAGES = 500
 
 def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
     """The grids of one mode, by file name (without .png)."""
-    if cfg.mode == "prior":
+    if cfg.mode == "prior" and cfg.sampler == "prior":
         return {"prior": sample_grid(model, cfg.n, temperature=cfg.temperature)}
-    datamodule = instantiate(run_data_config(cfg.ckpt_path, f"mode={cfg.mode}"))
+    needed_by = f"mode={cfg.mode}" if cfg.mode != "prior" else "sampler=gmm"
+    datamodule = instantiate(run_data_config(cfg.ckpt_path, needed_by))
+    if cfg.mode == "prior":
+        mixture = gmm_of_checkpoint(model, datamodule, cfg.ckpt_path, cfg.gmm_components)
+        z = mixture.sample(cfg.n).to(torch.get_default_dtype())
+        return {"gmm": tiled(model.decode(z), nrow=8)}  # as sample_grid tiles the prior's
     if cfg.mode == "reconstruct":
         return {"reconstruct": reconstruction_grid(model, datamodule.examples("test", cfg.n)[0])}
     if cfg.mode == "interpolate":
