@@ -1,6 +1,7 @@
 """The ex-post Gaussian mixture sampler against its mixture's exact moments, its file, and the
 sample metrics of the prior and the mixture through train.py, eval.py and sample.py."""
 
+import hashlib
 import json
 import logging
 
@@ -8,11 +9,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from safetensors.torch import save_file
 
 from tests.helpers import FASHION_MNIST_SUBSET, ROOT, make_config, run_script
 from vae_lightning.cli import evaluate, train
 from vae_lightning.data import ShapesDataModule
-from vae_lightning.gmm_sampler import GaussianMixtureSampler, gmm_path
+from vae_lightning.gmm_sampler import GaussianMixtureSampler, gmm_of_checkpoint, gmm_path
 from vae_lightning.module import VAE
 from vae_lightning.sample_quality import sample_metrics
 
@@ -72,6 +74,38 @@ def test_the_saved_file_gives_back_the_same_mixture_and_draws(tmp_path):
     assert gmm_path(tmp_path / "checkpoints" / "last.ckpt") == (
         tmp_path / "checkpoints" / "last.gmm.safetensors"
     )
+
+
+def test_a_mixture_file_of_other_weights_or_unreadable_is_refitted_and_replaced(tmp_path, caplog):
+    model = VAE(image_shape=(1, 32, 32), latent_dim=2, hidden_dims=[8], dense_dim=16).eval()
+    data = ShapesDataModule(size=64, image_size=32)
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"the weights")  # only its SHA-256 is read
+    path = gmm_path(ckpt)
+
+    def saved_for() -> str:
+        return GaussianMixtureSampler.load(path)[1]
+
+    fitted = gmm_of_checkpoint(model, data, ckpt, n_components=2)
+    assert saved_for() == hashlib.sha256(b"the weights").hexdigest()
+    with caplog.at_level(logging.INFO):
+        assert torch.equal(gmm_of_checkpoint(model, data, ckpt, 2).means, fitted.means)
+    assert f"the Gaussian mixture sampler of {path}" in caplog.text
+
+    ckpt.write_bytes(b"other weights")
+    gmm_of_checkpoint(model, data, ckpt, n_components=2)
+    assert saved_for() == hashlib.sha256(b"other weights").hexdigest()
+    assert len(gmm_of_checkpoint(model, data, ckpt, n_components=3).weights) == 3
+    for damaged in (b"not a mixture", None):
+        if damaged is None:  # a safetensors file without the mixture's tensors
+            save_file({"means": torch.zeros(2, 2)}, path)
+        else:
+            path.write_bytes(damaged)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            gmm_of_checkpoint(model, data, ckpt, n_components=2)
+        assert f"refitting {path}: it is unreadable" in caplog.text
+        assert len(GaussianMixtureSampler.load(path)[0].weights) == 2
 
 
 def test_data_without_a_feature_network_get_no_sample_metrics_and_a_line_why(caplog):

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from sklearn.mixture import GaussianMixture
 
@@ -94,11 +94,14 @@ def gmm_of_checkpoint(
     path = gmm_path(ckpt_path) if ckpt_path else None
     checkpoint_sha256 = sha256_of(ckpt_path) if ckpt_path else ""
     if path is not None and path.is_file():
-        saved, saved_for = GaussianMixtureSampler.load(path)
+        try:
+            saved, saved_for = GaussianMixtureSampler.load(path)
+        except (SafetensorError, RuntimeError) as error:  # not a mixture: it is refitted
+            saved, saved_for = None, f"unreadable ({type(error).__name__})"
         if saved_for == checkpoint_sha256 and len(saved.weights) == n_components:
             log.info("the Gaussian mixture sampler of %s", path)
             return saved
-        log.info("refitting %s: it was fitted for other weights or components", path)
+        log.info("refitting %s: it is unreadable, or of other weights or components", path)
     latents = posterior_means(model, datamodule, batch_size)
     log.info(
         "fitting a %d-component Gaussian mixture to %d posterior means", n_components, len(latents)
