@@ -116,7 +116,7 @@ def variants(data: Path, cache: Path) -> dict[str, tuple[tuple[str, ...], tuple[
 
     def fashion(cache: Path) -> tuple[str, ...]:
         data_set = ("data=fashion_mnist", f"data.root={FASHION_MNIST_SUBSET}", "data.size=256")
-        model = ("model=mlp", "model.hidden_dims=[32]")
+        model = ("model=mlp", "model.network.hidden_dims=[32]")
         return (*data_set, f"data.cache_dir={cache}", "data.binarize=dynamic", *model)
 
     def folder(cache: Path, in_memory: bool) -> tuple[str, ...]:
