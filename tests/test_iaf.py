@@ -80,8 +80,12 @@ def grid_integral(log_density: torch.Tensor, spacing: float) -> float:
 
 @pytest.mark.parametrize("latent_dim", [1, 2])
 def test_the_density_integrates_to_one_and_is_the_one_rsample_reports(latent_dim):
+    """In 1-D a step's network sees only the context, so the flow is affine; in 2-D it is not:
+    its log-det varies with z."""
     flow = random_iaf(latent_dim, n_steps=2, seed=latent_dim)
     h = encoder_output(flow, batch=1, log_sigma=-0.5)
+    log_det = flow.flow(torch.randn(100, latent_dim, dtype=F64), flow.split(h)[2])[1]
+    assert (log_det.std() > 0.1) == (latent_dim == 2)
     torch.manual_seed(0)
     z, log_q = flow.rsample(h, k=2000)
     # rsample's log q at its draws is the density found by inverting the flow at those points ...

@@ -25,9 +25,10 @@ from vae_lightning.elbo import diagonal_gaussian_log_prob, reparameterize
 from vae_lightning.posteriors import Posterior
 from vae_lightning.posteriors.gaussian import LOGVAR_RANGE
 
-# One step scales a coordinate by at most e^5 (about 150) either way: far beyond what a trained
-# flow uses, but an untrained network's outputs cannot send exp(s) to overflow over a few steps.
-# s = B tanh(s_raw / B) keeps s = 0 at s_raw = 0 (the identity step) with slope 1 there.
+# One step scales a coordinate by at most e^5 (about 150) either way, so a step whose network
+# output runs away during training cannot overflow exp(s) or send log q to infinity, which the
+# paper's sigmoid gate also prevents. s = B tanh(s_raw / B) keeps s = 0 at s_raw = 0 (the
+# identity step) with slope 1 there.
 LOG_SCALE_BOUND = 5.0
 
 
@@ -116,8 +117,8 @@ class IAF(Posterior):
         return z, log_det
 
     def mean(self, h: torch.Tensor) -> torch.Tensor:
-        """The flow's image of the base Gaussian's mean (eps = 0): not q's mean, but its typical
-        point, as the Gaussian's mean is for the diagonal posterior."""
+        """The flow's image of mu (eps = 0), a deterministic z at the centre of q as mu is for
+        the diagonal posterior; q's own mean has no closed form."""
         mu, _, context = self.split(h)
         return self.flow(mu, context)[0]
 
