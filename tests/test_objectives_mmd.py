@@ -11,6 +11,8 @@ import torch
 from tests.helpers import read_tensorboard, run_script
 from vae_lightning.cli import train
 from vae_lightning.errors import ConfigError
+from vae_lightning.module import VAE
+from vae_lightning.objectives import TrainingState
 from vae_lightning.objectives.mmd import MMD, WAE_SCALES, build_kernel, mmd_unbiased
 
 F64 = torch.float64
@@ -103,6 +105,29 @@ def test_mmd_sees_a_shift_and_nothing_between_equal_distributions(name):
     mean, standard_error = mean_and_standard_error(same)
     assert abs(mean) < 4 * standard_error
     assert min(same) < 0  # unbiased around 0: single estimates fall on both sides
+
+
+def test_the_loss_is_infovaes_weighted_sum_and_a_batch_of_one_has_no_penalty():
+    model = VAE((1, 8, 8), "mlp", latent_dim=3, hidden_dims=(8,))
+    objective = MMD("rbf", [1.0], mmd_weight=50.0)
+    x, state = torch.rand(6, 1, 8, 8), TrainingState(kl_weight=0.5)  # InfoVAE: alpha 0.5
+    torch.manual_seed(3)
+    out = objective(model, x, state)
+    torch.manual_seed(3)  # the same posterior and prior draws, in the same order
+    terms = model.elbo_terms(x)
+    mmd = mmd_unbiased(terms.z, model.prior.sample(6), build_kernel("rbf", [1.0]))
+    torch.testing.assert_close(out.loss, terms.recon.mean() + 0.5 * terms.kl.mean() + 50 * mmd)
+    torch.testing.assert_close(out.logged["mmd"], mmd)
+    torch.manual_seed(4)
+    single = objective(model, x[:1], state)
+    assert single.logged == {}
+    torch.testing.assert_close(single.loss, single.terms.loss(0.5))
+
+
+def test_a_hierarchy_is_refused_for_want_of_a_single_z():
+    model = VAE((1, 28, 28), network="hierarchical", n_layers=2, latent_dim=2, hidden_dims=(4, 8))
+    with pytest.raises(ValueError, match="one latent layer"):
+        MMD()(model, torch.rand(2, 1, 28, 28), TrainingState())
 
 
 def test_wae_trains_and_logs_the_mmd(tmp_path, tiny_config):

@@ -92,10 +92,11 @@ class MMD(Objective):
       mmd_weight = alpha + lambda - 1 (alpha <= 1, alpha + lambda >= 1 here). Their MMD-VAE,
       alpha = 1, is again model.beta=0; alpha = 0, lambda = 1 is the plain VAE.
 
-    kernel: "imq" or "rbf"; scales: the bandwidths s, each giving C = 2 D s for D
-    latent dimensions; mmd_weight: lambda. The default weight, 1000, matches the Bernoulli
-    reconstruction in nats summed over pixels, hundreds per image: WAE's lambda = 10 on MNIST
-    weighs a squared error scaled by 0.05, about a hundredth of that.
+    kernel: "imq" or "rbf"; scales: the bandwidths s, each giving C = 2 D s for D latent
+    dimensions (see `build_kernel`); mmd_weight: lambda, whose scale is the recon's: WAE's
+    MNIST setting, lambda = 10, weighs 0.05 times a squared error summed over pixels; beside a
+    Bernoulli recon of hundreds of nats per image the default here is 1000 (a choice of this
+    project, not a value from the papers).
 
     Networks: one latent layer (mlp, conv), whose elbo_terms give z; a hierarchy gives no
     single z (refused at the first batch). A batch of one has no pair of posterior samples to
