@@ -4,6 +4,7 @@ own code."""
 
 import itertools
 import math
+import pickle
 
 import pytest
 import torch
@@ -109,7 +110,8 @@ def test_mmd_sees_a_shift_and_nothing_between_equal_distributions(name):
 
 def test_the_loss_is_infovaes_weighted_sum_and_a_batch_of_one_has_no_penalty():
     model = VAE((1, 8, 8), "mlp", latent_dim=3, hidden_dims=(8,))
-    objective = MMD("rbf", [1.0], mmd_weight=50.0)
+    # pickled and back (DDP spawn, a whole-model torch.save): the kernel goes with it
+    objective = pickle.loads(pickle.dumps(MMD("rbf", [1.0], mmd_weight=50.0)))
     x, state = torch.rand(6, 1, 8, 8), TrainingState(kl_weight=0.5)  # InfoVAE: alpha 0.5
     torch.manual_seed(3)
     out = objective(model, x, state)

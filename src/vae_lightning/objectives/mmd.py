@@ -12,6 +12,7 @@ pulls each image's q(z|x) towards p(z), it leaves the single posteriors free, so
 information about x.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,9 +28,11 @@ WAE_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def build_kernel(name: str, scales: Sequence[float]) -> Kernel:
-    """k(x, y) as a Gram matrix (n, m) of x (n, D) and y (m, D), summed over the scales s, each
-    with C = 2 D s (WAE's C = 2 D sigma_p^2 times s, for a prior of unit variance):
+def gram_matrix(
+    x: torch.Tensor, y: torch.Tensor, name: str, scales: Sequence[float]
+) -> torch.Tensor:
+    """k(x, y) of x (n, D) and y (m, D), (n, m), summed over the scales s, each with C = 2 D s
+    (WAE's C = 2 D sigma_p^2 times s, for a prior of unit variance):
 
         imq: C / (C + |x - y|^2)     (inverse multiquadric: heavy tails, so its gradient still
                                       reaches a sample far from the other distribution)
@@ -37,17 +40,19 @@ def build_kernel(name: str, scales: Sequence[float]) -> Kernel:
 
     A sum of characteristic kernels is characteristic: MMD = 0 only for equal distributions.
     """
+    # Differences, not the |x|^2 + |y|^2 - 2 x.y expansion: exact at distance 0 (the diagonal
+    # of k(x, x)), and no cdist, whose gradient at distance 0 is not defined.
+    squared = (x[:, None, :] - y[None, :, :]).pow(2).sum(dim=-1)
+    base = 2 * x.shape[-1]
+    if name == "imq":
+        return sum(base * s / (base * s + squared) for s in scales)
+    return sum(torch.exp(-squared / (base * s)) for s in scales)
 
-    def gram(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # Differences, not the |x|^2 + |y|^2 - 2 x.y expansion: exact at distance 0 (the
-        # diagonal of k(x, x)), and no cdist, whose gradient at distance 0 is not defined.
-        squared = (x[:, None, :] - y[None, :, :]).pow(2).sum(dim=-1)
-        base = 2 * x.shape[-1]
-        if name == "imq":
-            return sum(base * s / (base * s + squared) for s in scales)
-        return sum(torch.exp(-squared / (base * s)) for s in scales)
 
-    return gram
+def build_kernel(name: str, scales: Sequence[float]) -> Kernel:
+    """`gram_matrix` of the named kernel over the scales, as a function of (x, y); a partial,
+    not a closure, so that the objective holding it still pickles."""
+    return functools.partial(gram_matrix, name=name, scales=tuple(scales))
 
 
 def mmd_unbiased(x: torch.Tensor, y: torch.Tensor, kernel: Kernel) -> torch.Tensor:
