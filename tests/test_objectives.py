@@ -23,9 +23,11 @@ CHOICES = {
     "factor": ["model.objective=factor", "model.objective.discriminator_hidden=16"],
     "dip": ["model.objective=dip"],
     "capacity": ["model.objective=capacity", "model.objective.n_steps=10"],
+    "wae": ["model.objective=mmd", "model.beta=0"],
 }  # fmt: skip
 OBJECTIVES = {"iwae": "IWAE", "dreg": "IWAE", "iwae_vamp": "IWAE", "beta_tc": "BetaTC",
-              "factor": "FactorVAE", "dip": "DIPVAE", "capacity": "Capacity"}  # fmt: skip
+              "factor": "FactorVAE", "dip": "DIPVAE", "capacity": "Capacity",
+              "wae": "MMD"}  # fmt: skip
 
 
 @pytest.mark.parametrize("choice", sorted(CHOICES))

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from vae_lightning.callbacks import Pictures, console_callbacks, log_hparams_with_metrics
 from vae_lightning.config import check_config, check_optimized_metric
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import ConfigError, user_errors_of_instantiation
 from vae_lightning.file_only import FILE_ONLY
 from vae_lightning.legacy import migrate_hparams
 from vae_lightning.metrics import evaluate_model
@@ -153,9 +153,10 @@ def fit_and_test(cfg: DictConfig, startup: dict[str, float] | None = None) -> di
         # Plain lists and dicts, the optimiser left as config: the checkpoint's hparams stay data.
         # A run of before the parts, resumed, has its model config flat (legacy.py).
         model_cfg = migrate_hparams(OmegaConf.to_container(cfg.model, resolve=True))
-        model = instantiate(
-            model_cfg, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
-        )
+        with user_errors_of_instantiation():
+            model = instantiate(
+                model_cfg, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
+            )
         loggers = instantiate_all(cfg.get("logger"))
         callbacks = [*instantiate_all(cfg.get("callbacks")), *console_callbacks(cfg.trainer)]
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

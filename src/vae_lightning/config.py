@@ -119,8 +119,10 @@ def _part(cfg: DictConfig, part: str) -> str:
     return str(OmegaConf.select(cfg, f"model.{part}._target_")).rpartition(".")[2]
 
 
-# The objectives that read a single layer's posterior (mu, logvar, z) or its KL's decomposition.
-SINGLE_LAYER_OBJECTIVES = ("BetaTC", "FactorVAE", "DIPVAE")
+# The objectives that read a single layer's posterior (mu, logvar, z) or its KL's decomposition,
+# and those that read mu and logvar as q itself (a flow's base Gaussian is not q).
+SINGLE_LAYER_OBJECTIVES = ("BetaTC", "FactorVAE", "DIPVAE", "MMD")
+GAUSSIAN_POSTERIOR_OBJECTIVES = ("BetaTC", "DIPVAE")
 
 
 def _hierarchical(cfg: DictConfig) -> bool:
@@ -136,6 +138,14 @@ COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
         "elbo, iwae or capacity with model=hierarchical: the others read one layer's posterior",
     ),
     (
+        "model.objective",
+        lambda cfg: (
+            _part(cfg, "posterior") == "DiagonalGaussian"
+            or _part(cfg, "objective") not in GAUSSIAN_POSTERIOR_OBJECTIVES
+        ),
+        "not beta_tc or dip with a flow posterior: they read mu and logvar as q(z|x) itself",
+    ),
+    (
         "model.prior",
         lambda cfg: not _hierarchical(cfg) or _part(cfg, "prior") == "StandardPrior",
         "standard with model=hierarchical: the top layer's prior is N(0, I)",
@@ -147,8 +157,13 @@ COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
     ),
     (
         "model.free_bits",
-        lambda cfg: not cfg.model.get("free_bits") or _part(cfg, "prior") == "StandardPrior",
-        "0 with model.prior=vamp: a mixture prior's KL does not split into dimensions",
+        lambda cfg: (
+            not cfg.model.get("free_bits")
+            or (_part(cfg, "prior"), _part(cfg, "posterior"))
+            == ("StandardPrior", "DiagonalGaussian")
+        ),
+        "0 unless the prior is standard and the posterior gaussian: only then does the KL split "
+        "into dimensions",
     ),
     (
         "model.prior",

@@ -6,11 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import user_errors_of_instantiation
 
 PARTS = ("network", "posterior", "prior", "likelihood", "objective")
 
@@ -18,15 +17,11 @@ PARTS = ("network", "posterior", "prior", "likelihood", "objective")
 def build_part(config: dict[str, Any] | DictConfig, **context: Any) -> Any:
     """The part a config names, given those `context` values (image_shape, latent_dim, ...) its
     class's __init__ takes, so each part states what it needs. A ConfigError of its own checks
-    comes out as it is: Hydra wraps whatever a constructor raises into an error of its own."""
+    comes out as it is (errors.user_errors_of_instantiation)."""
     takes = inspect.signature(get_class(config["_target_"]).__init__).parameters
     given = {key: value for key, value in context.items() if key in takes}
-    try:
+    with user_errors_of_instantiation():
         return instantiate(config, **given, _convert_="all")
-    except InstantiationException as error:
-        if isinstance(error.__cause__, ConfigError):
-            raise error.__cause__ from None
-        raise
 
 
 def build_parts(
