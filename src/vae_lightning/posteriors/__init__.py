@@ -1,0 +1,1 @@
+"""The posterior q(z|x): what the encoder computed from an image, turned into latents."""
