@@ -98,6 +98,18 @@ def test_as_many_codes_as_inputs_reconstruct_them_exactly():
     torch.testing.assert_close(quantized.z_q, batch, rtol=0, atol=1e-4)
 
 
+def test_mixed_precision_leaves_the_codebook_in_full_precision():
+    def trained_codebook(autocast: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        vq = VectorQuantizer(latent_dim=4, n_codes=3)
+        batch = torch.randn(300, 4, 1, 1) / 3 + 1
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            assert vq(batch).z_q.dtype == torch.float32
+        return vq.codebook
+
+    assert torch.equal(trained_codebook(autocast=True), trained_codebook(autocast=False))
+
+
 def test_a_dead_code_restarts_at_an_encoder_output():
     state = {
         "codebook": [[0.0, 0.0], [4.0, 0.0], [0.0, 4.0], [100.0, 100.0]],

@@ -11,6 +11,7 @@ which Lightning seeds and checkpoints, so a resumed run draws the same restarts.
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vae_lightning.errors import ConfigError
@@ -103,13 +104,22 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("code_sum", torch.zeros(n_codes, latent_dim))
 
     def forward(self, z_e: torch.Tensor) -> Quantized:
+        # In the codebook's precision even under mixed precision: bfloat16 distances pick wrong
+        # codes and bfloat16 sums of many vectors lose their low digits.
+        with torch.autocast(z_e.device.type, enabled=False):
+            return self.quantize(z_e.to(self.codebook.dtype))
+
+    def quantize(self, z_e: torch.Tensor) -> Quantized:
         flat = z_e.detach().movedim(1, -1).reshape(-1, z_e.shape[1])
         codes = self.nearest_codes(flat)
-        counts = torch.bincount(codes, minlength=self.n_codes).to(flat.dtype)
+        # Sums over one-hot rows by matmul rather than index_add_, whose atomic adds on a GPU land
+        # in any order: a resumed run must repeat the codebook bit for bit.
+        one_hot = F.one_hot(codes, self.n_codes).to(flat.dtype)
+        counts = one_hot.sum(0)
         e = self.codebook[codes].view(*z_e.shape[:1], *z_e.shape[2:], -1).movedim(-1, 1)
         commitment_loss = self.commitment * (z_e - e).pow(2).flatten(1).sum(1)
         if self.training:
-            self.update_codebook(flat, codes, counts)
+            self.update_codebook(flat, one_hot, counts)
         probs = counts / counts.sum()
         return Quantized(
             z_q=z_e + (e - z_e).detach(),
@@ -135,11 +145,11 @@ class VectorQuantizer(nn.Module):
         return self.codebook[codes].movedim(-1, 1)
 
     @torch.no_grad()
-    def update_codebook(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor):
+    def update_codebook(self, flat: torch.Tensor, one_hot: torch.Tensor, counts: torch.Tensor):
         """N_k <- decay N_k + (1 - decay) n_k and m_k <- decay m_k + (1 - decay) sum of the
         vectors assigned to k; then e_k = m_k / N~_k, with N~_k = (N_k + eps) / (n + K eps) n the
         Laplace-smoothed size (n = sum of N_k). Dead codes are then restarted."""
-        sums = torch.zeros_like(self.code_sum).index_add_(0, codes, flat)
+        sums = one_hot.T @ flat
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.code_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.cluster_size.sum()
