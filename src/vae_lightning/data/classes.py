@@ -66,7 +66,9 @@ def class_index(label: int | str, class_names: Sequence[str], key: str = "label"
     )
 
 
-def balanced_subset(classes: torch.Tensor, n_labelled: int, class_names: Sequence[str], seed: int):
+def balanced_subset(
+    classes: torch.Tensor, n_labelled: int, class_names: Sequence[str], seed: int
+) -> torch.Tensor:
     """Indices (sorted) of `n_labelled` of the images whose class indices are `classes`, as many
     of each class: n_labelled // n_classes, and one more for each of the first
     n_labelled % n_classes classes, so that any number can be asked for. Which images of a class
