@@ -48,6 +48,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.val_fraction", lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1), e.g. 0.1"),
     ("data.size", positive_int, "a positive integer, or null for all images"),
     ("data.unreadable", lambda v: v in UNREADABLE, f"one of {', '.join(UNREADABLE)}"),
+    ("data.labelled", positive_int, "a positive integer of labels, or null for every label"),
     ("torch_threads", positive_int, "a positive integer of threads, or null for one per core"),
     ("trainer.max_epochs", is_int, "an integer (-1 for no limit), e.g. trainer.max_epochs=10"),
     ("eval.iwae_k", positive_int, "a positive integer of importance samples, e.g. 1000"),
