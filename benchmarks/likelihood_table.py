@@ -29,7 +29,7 @@ COMMON = [
     "data=fashion_mnist",
     "data.binarize=dynamic",
     "model=mlp",
-    "model.hidden_dims=[200,200]",
+    "model.network.hidden_dims=[200,200]",
     "model.latent_dim=50",
     "callbacks.pictures=null",
     "trainer.enable_progress_bar=false",
@@ -95,6 +95,9 @@ def main() -> None:
     parser.add_argument(
         "--eval-only", action="store_true", help="evaluate the runs already in --out again"
     )
+    parser.add_argument(
+        "--pseudo-inputs", type=int, default=500, help="K of the rows with the VampPrior"
+    )
     parser.add_argument("overrides", nargs="*", help="more train.py overrides, for every row")
     args = parser.parse_args()
 
@@ -111,6 +114,8 @@ def main() -> None:
     ]
     for name in args.rows:
         title, overrides = ROWS[name]
+        if "model.prior=vamp" in overrides:  # a key of that prior's config only
+            overrides = [*overrides, f"model.prior.n_pseudo_inputs={args.pseudo_inputs}"]
         run_dir, eval_dir = args.out / name, args.out / f"{name}-eval"
         if not args.eval_only:
             run(

@@ -14,9 +14,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.distributions import MultivariateNormal
 
+from vae_lightning.config import group_choices_by_dotted_key
 from vae_lightning.data import ShapesDataModule
 from vae_lightning.elbo import gaussian_kl
 from vae_lightning.module import VAE
+from vae_lightning.options import part_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # The first 600 training and 200 test images of Fashion-MNIST in its own IDX files (README.md
@@ -28,8 +30,7 @@ TINY = [
     "data.size=640",
     "data.batch_size=32",
     "data.eval_batch_size=64",
-    "model.hidden_dims=[8,16]",
-    "model.dense_dim=32",
+    "model.network.hidden_dims=[8,16]",
     "model.latent_dim=4",
     "trainer.max_epochs=2",
     "trainer.log_every_n_steps=1",
@@ -41,17 +42,13 @@ TINY = [
 
 
 def make_config(output_dir: Path, *overrides: str) -> DictConfig:
-    """The root config of train.py, composed as Hydra would, with TINY settings in output_dir."""
+    """The root config of train.py, composed as Hydra would from a command line, with TINY
+    settings in output_dir."""
+    overrides = [*TINY, f"paths.root_dir={ROOT}", f"paths.output_dir={output_dir}", *overrides]
+    # as the command line reads them: model.likelihood=gaussian chooses that part's config
+    overrides = group_choices_by_dotted_key(ROOT / "conf", overrides)
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                *TINY,
-                f"paths.root_dir={ROOT}",
-                f"paths.output_dir={output_dir}",
-                *overrides,
-            ],
-        )
+        return compose("train", overrides=overrides)
 
 
 def run_script(*args: str, cwd: Path = ROOT, env: dict | None = None):
@@ -90,6 +87,22 @@ DX, DZ, SIGMA = 6, 3, 0.2
 F64 = torch.float64
 
 
+def part(name: str, option: str, **values) -> dict:
+    """A part's config as conf/model/<name>/<option>.yaml gives it, with `values` set."""
+    return {**part_config(name, option), **values}
+
+
+class SideBySide(nn.Module):
+    """An encoder giving (mu, log sigma^2) as the one tensor a posterior reads: side by side."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.encoder(x), dim=-1)
+
+
 class FixedPosterior(nn.Module):
     """An 'encoder' giving the same diagonal Gaussian q for every image of the batch."""
 
@@ -99,7 +112,7 @@ class FixedPosterior(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = x.shape[0]
-        return self.mu.expand(batch, DZ), self.logvar.expand(batch, DZ)
+        return self.mu.expand(batch, *self.mu.shape), self.logvar.expand(batch, *self.mu.shape)
 
 
 class LinearGaussian:
@@ -151,13 +164,14 @@ class LinearGaussian:
         return (expected_log_lik - gaussian_kl(mu, logvar)).item()
 
     def vae(self, encoder: nn.Module) -> VAE:
-        """The project's VAE module with this decoder, the given encoder of (1, 1, DX) images,
-        and the fixed-sigma likelihood."""
-        model = VAE((1, 1, DX), "mlp", DZ, (4,), likelihood="gaussian", gaussian_sigma=SIGMA)
+        """The project's VAE module with this decoder, the given encoder of (1, 1, DX) images
+        (giving mu and log sigma^2), and the fixed-sigma likelihood."""
+        model = VAE((1, 1, DX), network=part("network", "mlp", hidden_dims=[4]), latent_dim=DZ,
+                    likelihood=part("likelihood", "gaussian", sigma=SIGMA))  # fmt: skip
         decoder = nn.Linear(DZ, DX).double()
         decoder.weight.data, decoder.bias.data = self.w.clone(), self.b.clone()
-        model.decoder = nn.Sequential(decoder, nn.Unflatten(1, (1, 1, DX)))
-        model.encoder = encoder
+        model.network.decoder = nn.Sequential(decoder, nn.Unflatten(1, (1, 1, DX)))
+        model.network.encoder = SideBySide(encoder)
         return model
 
     def images(self, n: int) -> torch.Tensor:

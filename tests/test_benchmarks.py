@@ -15,7 +15,7 @@ def test_likelihood_table_script_trains_evaluates_and_compares_its_rows(tmp_path
     result = run_script(
         "benchmarks/likelihood_table.py", "--rows", "vae", "vamp", "--epochs", "1",
         "--k", "10", "--test-images", "500", "--out", str(tmp_path),
-        "data.size=600", "model.n_pseudo_inputs=10", f"data.root={FASHION_MNIST_SUBSET}",
+        "--pseudo-inputs", "10", "data.size=600", f"data.root={FASHION_MNIST_SUBSET}",
         f"data.cache_dir={tmp_path / 'cache'}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -46,7 +46,8 @@ def test_hierarchical_cifar10_gpu_command_runs_on_cpu_at_a_tiny_size(tmp_path):
     result = run_script(
         "benchmarks/hierarchical_cifar10.py", "--out", str(tmp_path / "run"), "data=folder",
         f"data.root={folder}", "data.channels=3", "data.batch_size=32", "trainer=cpu",
-        "trainer.max_epochs=2", "model.hidden_dims=[4,8]", "model.latent_dims=[2,2,2,2]",
+        "trainer.max_epochs=2", "model.network.hidden_dims=[4,8]",
+        "model.network.latent_dims=[2,2,2,2]", "model.latent_dim=2",
         "eval.iwae_k=2", "callbacks.pictures=null", f"data.cache_dir={tmp_path / 'cache'}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -61,7 +62,7 @@ def test_process_speed_script_runs_the_three_programs_and_writes_its_table(tmp_p
         "benchmarks/process_speed.py", "--rounds", "1", "--epochs", "2", "--workloads", "mlp",
         "--limit-batches", "2", "--threads", "1", "--out", str(tmp_path),
         "--set", f"data.root={FASHION_MNIST_SUBSET}",
-        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "model.hidden_dims=[32]",
+        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "model.network.hidden_dims=[32]",
         "--variant", "no-logger=logger=null callbacks.nonfinite=null",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -123,10 +123,13 @@ def test_a_seed_that_is_no_integer_is_one_line(tmp_path, not_a_checkpoint, scrip
 
 
 def test_an_image_size_the_conv_network_cannot_halve_names_both_keys(tmp_path):
-    result = run_in(tmp_path, "train.py", "data.image_size=30", "model.hidden_dims=[8,16,32]")
+    result = run_in(
+        tmp_path, "train.py", "data.image_size=30", "model.network.hidden_dims=[8,16,32]"
+    )
     assert refused(result) == (
-        "error: data.image_size=30 is not allowed: with model.hidden_dims=[8, 16, 32], a conv "
-        "network with 3 stride-2 layers needs height and width divisible by 8, got 30x30"
+        "error: model.network.hidden_dims=[8, 16, 32] is not allowed: a conv network with 3 "
+        "stride-2 layers needs height and width divisible by 8, got 30x30: fewer layers, or "
+        "another data.image_size"
     )
 
 

@@ -116,7 +116,7 @@ def test_fashion_mnist_trains_50_steps(tmp_path, tiny_config, cache_dir):
     cfg = tiny_config(
         "data=fashion_mnist",
         "model=mlp",
-        "model.hidden_dims=[400]",  # the MLP of pytorch/examples, not TINY's
+        "model.network.hidden_dims=[400]",  # the MLP of pytorch/examples, not TINY's
         "model.latent_dim=20",
         f"data.cache_dir={cache_dir}",
         "data.size=null",

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tests.helpers import part
 from vae_lightning.drawing import (
     interpolation_grid,
     kl_figure,
@@ -16,7 +17,8 @@ from vae_lightning.drawing import (
 from vae_lightning.module import VAE
 
 torch.manual_seed(0)
-MODEL = VAE(image_shape=(1, 16, 16), latent_dim=3, hidden_dims=(4, 8), dense_dim=16).eval()
+NETWORK = part("network", "conv", hidden_dims=[4, 8], dense_dim=16)
+MODEL = VAE(image_shape=(1, 16, 16), network=NETWORK, latent_dim=3).eval()
 IMAGES = torch.rand(6, 1, 16, 16)
 
 

@@ -3,17 +3,12 @@ import math
 import pytest
 import torch
 
-from vae_lightning.elbo import (
-    Bernoulli,
-    ELBOTerms,
-    FixedGaussian,
-    LearnedGaussian,
-    elbo_terms,
-    gaussian_kl,
-    iwae_bound,
-    log_importance_weights,
-    reparameterize,
-)
+from tests.helpers import FixedPosterior, SideBySide, part
+from vae_lightning.elbo import ELBOTerms, gaussian_kl, iwae_bound, reparameterize
+from vae_lightning.likelihoods.bernoulli import Bernoulli
+from vae_lightning.likelihoods.gaussian import FixedGaussian
+from vae_lightning.likelihoods.gaussian_learned import LearnedGaussian
+from vae_lightning.module import VAE
 
 
 def test_gaussian_kl_matches_hand_computation():
@@ -39,22 +34,24 @@ def test_bernoulli_log_prob_matches_hand_computation():
     x = torch.tensor([[[[1.0, 0.25]]]])
     p = 1 / (1 + math.exp(-2.0))
     expected = math.log(0.5) + 0.25 * math.log(p) + 0.75 * math.log(1 - p)
-    torch.testing.assert_close(Bernoulli().log_prob(logits, x), torch.tensor([expected]))
+    torch.testing.assert_close(Bernoulli((1, 1, 1)).log_prob(logits, x), torch.tensor([expected]))
 
 
 def test_bernoulli_log_prob_is_finite_for_extreme_logits():
     logits = torch.tensor([[[[200.0, -200.0]]]])
     x = torch.tensor([[[[0.0, 1.0]]]])
-    torch.testing.assert_close(Bernoulli().log_prob(logits, x), torch.tensor([-400.0]))
+    torch.testing.assert_close(Bernoulli((1, 1, 1)).log_prob(logits, x), torch.tensor([-400.0]))
 
 
 def test_gaussian_log_prob_is_the_full_density_with_its_constant():
     torch.manual_seed(0)
     mean, x = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4)
     reference = torch.distributions.Normal(mean, 0.2).log_prob(x).flatten(1).sum(1)
-    torch.testing.assert_close(FixedGaussian(0.2).log_prob(mean, x), reference)
+    torch.testing.assert_close(FixedGaussian((1, 1, 1), 0.2).log_prob(mean, x), reference)
     # by hand for one pixel: log N(0.5; 0.3, 0.2^2) = -1/2 (1)^2 - log 0.2 - 1/2 log 2 pi
-    one = FixedGaussian(0.2).log_prob(torch.full((1, 1, 1, 1), 0.3), torch.full((1, 1, 1, 1), 0.5))
+    one = FixedGaussian((1, 1, 1), 0.2).log_prob(
+        torch.full((1, 1, 1, 1), 0.3), torch.full((1, 1, 1, 1), 0.5)
+    )
     torch.testing.assert_close(
         one, torch.tensor([-0.5 - math.log(0.2) - 0.5 * math.log(2 * math.pi)])
     )
@@ -69,10 +66,10 @@ def test_loss_is_recon_plus_beta_kl_and_elbo_its_negative():
 
 def test_elbo_terms_are_per_sample_and_signed_as_costs():
     torch.manual_seed(0)
-    x = torch.rand(5, 1, 3, 3)
-    terms = elbo_terms(
-        Bernoulli(), x, torch.randn(5, 1, 3, 3), torch.randn(5, 2), torch.randn(5, 2)
-    )
+    x = torch.rand(5, 1, 4, 4)
+    terms = VAE(
+        (1, 4, 4), network=part("network", "mlp", hidden_dims=[8]), latent_dim=2
+    ).elbo_terms(x)
     assert terms.recon.shape == terms.kl.shape == (5,)
     assert (terms.recon > 0).all() and (terms.kl >= 0).all()
 
@@ -101,7 +98,7 @@ def test_free_bits_floor_the_kl_of_each_dim_in_the_loss_only():
 
 
 def test_learned_gaussian_is_the_full_density_with_one_sigma_per_channel():
-    likelihood = LearnedGaussian(channels=2, sigma=0.5, per="channel")
+    likelihood = LearnedGaussian((2, 1, 1), sigma=0.5, per="channel")
     with torch.no_grad():
         likelihood.log_sigma[1] = math.log(0.25)
     mean, x = torch.rand(3, 2, 4, 4), torch.rand(3, 2, 4, 4)
@@ -110,21 +107,25 @@ def test_learned_gaussian_is_the_full_density_with_one_sigma_per_channel():
     torch.testing.assert_close(likelihood.log_prob(mean, x), reference)
     likelihood.log_prob(mean, x).sum().backward()
     assert likelihood.log_sigma.grad.abs().min() > 0
-    assert LearnedGaussian(channels=3, per="image").log_sigma.numel() == 1
+    assert LearnedGaussian((3, 1, 1), per="image").log_sigma.numel() == 1
 
 
 def test_iwae_does_not_depend_on_how_the_draws_are_chunked():
     """k = 7 draws in passes of 3, 3 and 1, or in one pass: the same bound, which is above the
     one-draw bound (so a chunk lost or mis-weighted would show)."""
     torch.manual_seed(0)
-    decoder = torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.Unflatten(1, (1, 1, 5)))
-    likelihood, n = FixedGaussian(0.3), 4000
+    model = VAE((1, 1, 5), network=part("network", "mlp", hidden_dims=[4]), latent_dim=2,
+                likelihood=part("likelihood", "gaussian", sigma=0.3))  # fmt: skip
+    model.network.decoder = torch.nn.Sequential(
+        torch.nn.Linear(2, 5), torch.nn.Unflatten(1, (1, 1, 5))
+    )
+    model.network.encoder = SideBySide(FixedPosterior(torch.zeros(2), torch.full((2,), 0.5)))
+    n = 4000
     x = torch.rand(1, 1, 1, 5).expand(n, 1, 1, 5)
-    mu, logvar = torch.zeros(n, 2), torch.full((n, 2), 0.5)
     with torch.no_grad():
 
         def draws(k: int) -> torch.Tensor:
-            return log_importance_weights(likelihood, decoder, x, mu, logvar, k)[0]
+            return model.log_importance_weights(x, k)[0]
 
         chunked = iwae_bound(draws, 7, n, max_rows=3 * n)
         whole = iwae_bound(draws, 7, n, max_rows=7 * n)

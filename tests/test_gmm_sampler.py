@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from tests.helpers import FASHION_MNIST_SUBSET, ROOT, make_config, run_script
+from tests.helpers import FASHION_MNIST_SUBSET, ROOT, make_config, part, run_script
 from vae_lightning.cli import evaluate, train
 from vae_lightning.data import ShapesDataModule
 from vae_lightning.gmm_sampler import GaussianMixtureSampler, gmm_of_checkpoint, gmm_path
@@ -20,6 +20,7 @@ from vae_lightning.sample_quality import sample_metrics
 
 F64 = torch.float64
 METRICS = ("fid", "kid", "kid_std", "precision", "recall")
+NETWORK = part("network", "conv", hidden_dims=[8], dense_dim=16)
 SAMPLES = ("eval.samples.n=40", "eval.samples.batch_size=16", "eval.samples.gmm_components=3")
 
 
@@ -77,7 +78,7 @@ def test_the_saved_file_gives_back_the_same_mixture_and_draws(tmp_path):
 
 
 def test_a_mixture_file_of_other_weights_or_unreadable_is_refitted_and_replaced(tmp_path, caplog):
-    model = VAE(image_shape=(1, 32, 32), latent_dim=2, hidden_dims=[8], dense_dim=16).eval()
+    model = VAE(image_shape=(1, 32, 32), network=NETWORK, latent_dim=2).eval()
     data = ShapesDataModule(size=64, image_size=32)
     ckpt = tmp_path / "last.ckpt"
     ckpt.write_bytes(b"the weights")  # only its SHA-256 is read
@@ -109,7 +110,7 @@ def test_a_mixture_file_of_other_weights_or_unreadable_is_refitted_and_replaced(
 
 
 def test_data_without_a_feature_network_get_no_sample_metrics_and_a_line_why(caplog):
-    model = VAE(image_shape=(1, 32, 32), latent_dim=2, hidden_dims=[8], dense_dim=16)
+    model = VAE(image_shape=(1, 32, 32), network=NETWORK, latent_dim=2)
     settings = OmegaConf.create({"n": 10, "batch_size": 5, "seed": 0, "gmm_components": 2})
     with caplog.at_level(logging.INFO):
         assert sample_metrics(model, ShapesDataModule(size=64, image_size=32), settings) == {}

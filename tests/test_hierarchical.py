@@ -16,13 +16,14 @@ import torch
 from torch import nn
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
-from tests.helpers import TINY, make_config, read_tensorboard, run_script
+from tests.helpers import TINY, make_config, part, read_tensorboard, run_script
 from vae_lightning.config import check_config
 from vae_lightning.elbo import iwae_bound
 from vae_lightning.errors import ConfigError
-from vae_lightning.hierarchical import Hierarchy, LatentLayer
 from vae_lightning.module import VAE
+from vae_lightning.networks.hierarchical import Hierarchy, LatentLayer
 from vae_lightning.objectives import IWAE, TrainingState
+from vae_lightning.parts import check_parts
 
 F64 = torch.float64
 DX, S1, SIGMA = 5, 0.5, 0.3
@@ -175,12 +176,13 @@ class LinearHierarchy:
 
     def vae(self) -> VAE:
         """The project's VAE module hosting this hierarchy, with the fixed-sigma likelihood."""
-        model = VAE((1, 1, DX), "mlp", self.d2, (4,), likelihood="gaussian", gaussian_sigma=SIGMA)
+        model = VAE((1, 1, DX), network=part("network", "mlp", hidden_dims=[4]), latent_dim=self.d2,
+                    likelihood=part("likelihood", "gaussian", sigma=SIGMA))  # fmt: skip
         layers = [
             LinearMiddle(self.a_matrix, self.a_bias, *self.q[2:]),
             LinearTop(*self.q[:2]),
         ]
-        model.hierarchy = Hierarchy(
+        model.network = Hierarchy(
             Repeat(), layers, LinearOutput(self.c_matrix, self.c_bias), (self.d2,)
         ).double()
         return model
@@ -240,7 +242,7 @@ def test_dreg_gradient_of_the_hierarchy_agrees_with_the_standard_one():
             loss = IWAE(k, estimator)(vae, model.images(500), TrainingState()).loss
             vae.zero_grad()
             (loss * 500).backward()  # the sum of 500 independent estimates
-            parameters = vae.hierarchy.named_parameters()
+            parameters = vae.network.named_parameters()
             per_image.append({n: p.grad / 500 for n, p in parameters if p.grad is not None})
         grads[estimator] = {
             name: torch.stack([g[name] for g in per_image]) for name in per_image[0]
@@ -274,7 +276,7 @@ def test_with_the_exact_posterior_every_weight_is_p_x_and_dreg_gives_q_no_gradie
     for estimator in ("dreg", "standard"):
         vae.zero_grad()
         IWAE(16, estimator)(vae, x, TrainingState()).loss.backward()
-        q_grads = torch.cat([vae.hierarchy.get_parameter(n).grad.flatten() for n in Q_PARAMETERS])
+        q_grads = torch.cat([vae.network.get_parameter(n).grad.flatten() for n in Q_PARAMETERS])
         if estimator == "dreg":
             torch.testing.assert_close(q_grads, torch.zeros_like(q_grads), atol=1e-10, rtol=0)
         else:
@@ -284,15 +286,10 @@ def test_with_the_exact_posterior_every_weight_is_p_x_and_dreg_gives_q_no_gradie
 # --- the convolutional hierarchy -------------------------------------------------------------
 
 
-def tiny(shape, n_layers, **kwargs) -> VAE:
-    return VAE(
-        shape,
-        network="hierarchical",
-        n_layers=n_layers,
-        latent_dim=2,
-        hidden_dims=(4, 8),
-        **kwargs,
-    )
+def tiny(shape, n_layers, **network) -> VAE:
+    network = part("network", "hierarchical", n_layers=n_layers, hidden_dims=[4, 8], **network)
+    top = network["latent_dims"][-1] if network["latent_dims"] else 2
+    return VAE(shape, network=network, latent_dim=top)
 
 
 @pytest.mark.parametrize("n_layers", [1, 2, 4])
@@ -314,7 +311,7 @@ def test_forward_and_backward_on_every_depth_and_image_shape(n_layers, shape):
     assert model.sample(2, temperature=0.7).shape == (2, *shape)
     layers = model.posterior_by_layer(x)
     assert [layer.kl_per_dim.shape for layer in layers] == [(3, 2)] * n_layers
-    _, steps = model.hierarchy.posterior_path(x)
+    _, steps = model.network.posterior_path(x)
     for layer, step in zip(layers, steps, strict=True):
         torch.testing.assert_close(layer.mean, step.posterior[0].flatten(1))
         (mu_q, logvar_q), (mu_p, logvar_p) = step.posterior, step.prior
@@ -349,7 +346,7 @@ def test_logvar_is_bounded():
     for parameter in model.parameters():
         parameter.data.mul_(1000)  # drive every head far out
     x = torch.rand(2, 1, 28, 28)
-    _, steps = model.hierarchy.posterior_path(x)
+    _, steps = model.network.posterior_path(x)
     for step in steps:
         for _, logvar in (step.prior, step.posterior):
             assert logvar.abs().max() <= 2.0
@@ -380,11 +377,14 @@ def test_objectives_that_read_one_layer_are_refused_in_one_line(tmp_path):
         (["model/objective=beta_tc"], "model.objective"),
         (["model/objective=dip"], "model.objective"),
         (["model.prior=vamp"], "model.prior"),
-        (["model.latent_dims=[2,3]"], "model.latent_dims"),
     ):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             check_config(make_config(tmp_path, "model=hierarchical", *overrides))
     check_config(make_config(tmp_path, "model=hierarchical", "model/objective=iwae"))
+    # a value of the network's own is refused by the network, as it is built
+    cfg = make_config(tmp_path, "model=hierarchical", "model.network.latent_dims=[2,3]")
+    with pytest.raises(ConfigError, match=r"model\.network\.latent_dims=\[2, 3\] is not"):
+        check_parts(cfg.model, (1, 28, 28))
 
 
 # --- training, end to end ----------------------------------------------------------------------
@@ -400,7 +400,10 @@ def test_gradient_norm_skipping_leaves_the_weights_of_an_outlier_step_alone(
     from hydra.utils import instantiate
 
     cfg = make_config(
-        tmp_path, "model=hierarchical", "model.n_layers=2", f"model.grad_skip_threshold={threshold}"
+        tmp_path,
+        "model=hierarchical",
+        "model.network.n_layers=2",
+        f"model.grad_skip_threshold={threshold}",
     )
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, image_shape=datamodule.image_shape, _recursive_=False)
@@ -423,8 +426,9 @@ def test_gradient_norm_skipping_leaves_the_weights_of_an_outlier_step_alone(
 def test_train_eval_and_sample_scripts_on_a_two_layer_model(tmp_path):
     run_dir, eval_dir, samples = tmp_path / "run", tmp_path / "eval", tmp_path / "samples"
     result = run_script(
-        "train.py", *TINY, "model=hierarchical", "model.n_layers=2", "model.latent_dims=[2,3]",
-        "model.hidden_dims=[4,8]", "model.kl_warmup=4", "model.free_bits=0.1",
+        "train.py", *TINY, "model=hierarchical", "model.network.n_layers=2",
+        "model.network.latent_dims=[2,3]", "model.latent_dim=3", "model.network.hidden_dims=[4,8]",
+        "model.kl_warmup=4", "model.free_bits=0.1",
         "model.grad_skip_threshold=1e6", "trainer.max_epochs=1", "eval.iwae_k=5",
         "callbacks.pictures.image_grids.temperature=0.7",
         "callbacks.pictures.kl_per_dim.every_n_epochs=1", f"hydra.run.dir={run_dir}",
@@ -463,11 +467,12 @@ def test_train_eval_and_sample_scripts_on_a_two_layer_model(tmp_path):
     from vae_lightning.cli import train
 
     again = make_config(
-        tmp_path / "again", "model=hierarchical", "model.n_layers=3", "model.hidden_dims=[4,8]",
-        f"ckpt_path={best}",
+        tmp_path / "again", "model=hierarchical", "model.network.n_layers=3",
+        "model.network.hidden_dims=[4,8]", f"ckpt_path={best}",
     )  # fmt: skip
     with pytest.raises(ConfigError) as error:
         train(again)
     assert str(error.value) == (
-        f"model.n_layers=3 is not allowed: the checkpoint {best} has model.n_layers=2"
+        f"model.network.n_layers=3 is not allowed: the checkpoint {best} has "
+        "model.network.n_layers=2"
     )

@@ -65,7 +65,7 @@ def test_bits_per_dim_converts_nats_per_image():
     "override",
     [
         "model.likelihood=gaussian_lerned",
-        "model.gaussian_sigma_per=pixel",
+        "model.likelihood.per=pixel",
         "model.kl_warmup=-1",
         "model.kl_warmup_unit=hours",
         "model.free_bits=-0.5",

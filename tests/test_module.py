@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.helpers import read_tensorboard
+from tests.helpers import part, read_tensorboard
 from vae_lightning.cli import train
 from vae_lightning.elbo import gaussian_kl
 from vae_lightning.module import VAE
@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 def test_public_api_shapes_and_channels_last_inputs():
     torch.manual_seed(0)
-    model = VAE((3, 16, 16), latent_dim=5, hidden_dims=(4, 8), dense_dim=16, channels_last=True)
+    network = part("network", "conv", hidden_dims=[4, 8], dense_dim=16)
+    model = VAE((3, 16, 16), network=network, latent_dim=5, channels_last=True)
     x = torch.rand(6, 3, 16, 16)
     mu, logvar = model.encode(x)
     assert mu.shape == logvar.shape == (6, 5)
@@ -60,7 +61,7 @@ def test_free_bits_epoch_warmup_and_learned_sigma_in_training(tmp_path, tiny_con
     metrics = train(
         tiny_config(
             "model.likelihood=gaussian_learned",
-            "model.gaussian_sigma_per=channel",
+            "model.likelihood.per=channel",
             "model.kl_warmup=2",
             "model.kl_warmup_unit=epochs",
             f"model.free_bits={free_bits}",

@@ -16,16 +16,18 @@ pytestmark = pytest.mark.slow
 CHOICES = {
     "iwae": ["model.objective=iwae", "model.objective.k=4"],
     "dreg": ["model.objective=iwae", "model.objective.k=4", "model.objective.estimator=dreg"],
-    "vamp": ["model.prior=vamp", "model.n_pseudo_inputs=6"],
+    "vamp": ["model.prior=vamp", "model.prior.n_pseudo_inputs=6"],
     "iwae_vamp": ["model.objective=iwae", "model.objective.k=3", "model.prior=vamp",
-                  "model.n_pseudo_inputs=6"],
+                  "model.prior.n_pseudo_inputs=6"],
     "beta_tc": ["model.objective=beta_tc"],
     "factor": ["model.objective=factor", "model.objective.discriminator_hidden=16"],
     "dip": ["model.objective=dip"],
     "capacity": ["model.objective=capacity", "model.objective.n_steps=10"],
+    "wae": ["model.objective=mmd", "model.beta=0"],
 }  # fmt: skip
 OBJECTIVES = {"iwae": "IWAE", "dreg": "IWAE", "iwae_vamp": "IWAE", "beta_tc": "BetaTC",
-              "factor": "FactorVAE", "dip": "DIPVAE", "capacity": "Capacity"}  # fmt: skip
+              "factor": "FactorVAE", "dip": "DIPVAE", "capacity": "Capacity",
+              "wae": "MMD"}  # fmt: skip
 
 
 @pytest.mark.parametrize("choice", sorted(CHOICES))

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from tests.helpers import part
 from vae_lightning.elbo import (
-    Bernoulli,
     ELBOTerms,
     diagonal_gaussian_log_prob,
     gaussian_kl_per_dim,
     reparameterize,
 )
+from vae_lightning.likelihoods.bernoulli import Bernoulli
 from vae_lightning.module import VAE
 from vae_lightning.objectives.base import TrainingState
 from vae_lightning.objectives.beta_tc import BetaTC, decompose_kl, log_aggregate_weights
@@ -42,7 +43,7 @@ class TinyVAE(nn.Module):
         self.decoder = nn.Sequential(
             nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, pixels)
         )
-        self.likelihood = Bernoulli()
+        self.likelihood = Bernoulli((1, 4, 4))
 
     def elbo_terms(self, x: torch.Tensor) -> ELBOTerms:
         mu, logvar = self.encoder(x.flatten(1)).chunk(2, dim=-1)
@@ -511,6 +512,9 @@ def test_capacity_rejects_bad_arguments(kwargs, name):
 # --- training on plain dataloaders, with last batches of one image ---------------------------
 
 
+MLP_8 = part("network", "mlp", hidden_dims=[8])
+
+
 def fit_on_plain_dataloaders(objective: dict, n_train: int, n_val: int, batch_size: int) -> VAE:
     """One epoch of Trainer.fit, given DataLoaders of random 1x4x4 images (no datamodule)."""
     g = torch.Generator().manual_seed(0)
@@ -522,7 +526,7 @@ def fit_on_plain_dataloaders(objective: dict, n_train: int, n_val: int, batch_si
         )
 
     torch.manual_seed(0)
-    model = VAE((1, 4, 4), network="mlp", latent_dim=LATENT, hidden_dims=(8,), objective=objective)
+    model = VAE((1, 4, 4), network=MLP_8, latent_dim=LATENT, objective=objective)
     trainer = L.Trainer(
         max_epochs=1,
         log_every_n_steps=1,
@@ -558,8 +562,7 @@ class Stream(IterableDataset):
 
 
 def test_beta_tc_refuses_training_data_of_unknown_size():
-    model = VAE((1, 4, 4), network="mlp", latent_dim=LATENT, hidden_dims=(8,),
-                objective={"_target_": BETA_TC})  # fmt: skip
+    model = VAE((1, 4, 4), network=MLP_8, latent_dim=LATENT, objective={"_target_": BETA_TC})
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False)
     with pytest.raises(ValueError, match="BetaTC needs the number of training images"):
         trainer.fit(model, DataLoader(Stream(), batch_size=8))

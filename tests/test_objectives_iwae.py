@@ -153,8 +153,10 @@ def test_dreg_loss_is_the_bound_and_its_decoder_gradient_the_standard_one():
     dreg_loss, _, dreg = per_image_encoder_gradients(truth, 256, 10, "dreg", 0)
     torch.testing.assert_close(dreg_loss, standard_loss, atol=1e-12, rtol=0)
     # theta's gradient is sum_i w~_i grad log w_i in both: the same at the same draws.
-    for name, grad in gradients(standard.decoder).items():
-        torch.testing.assert_close(gradients(dreg.decoder)[name], grad, atol=1e-10, rtol=1e-10)
+    for name, grad in gradients(standard.network.decoder).items():
+        torch.testing.assert_close(
+            gradients(dreg.network.decoder)[name], grad, atol=1e-10, rtol=1e-10
+        )
     # Without gradients (validation) DReG is just the bound.
     with torch.no_grad():
         torch.manual_seed(0)

@@ -59,7 +59,7 @@ def test_an_installed_wheel_trains_from_any_directory_with_a_users_own_config(tm
     (elsewhere / "my_conf" / "model" / "mine.yaml").write_text(
         "defaults:\n  - conv\n  - _self_\nlatent_dim: 3\ndense_dim: 24\n"
     )
-    tiny = [o for o in TINY if not o.startswith(("model.latent_dim", "model.dense_dim"))]
+    tiny = [o for o in TINY if not o.startswith(("model.latent_dim", "model.network.dense_dim"))]
     result = run(
         bin_dir / "vae-train", "--config-dir", "my_conf", "model=mine", *tiny,
         "trainer.max_epochs=1", "hydra.run.dir=run", cwd=elsewhere,

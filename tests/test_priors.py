@@ -13,8 +13,12 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
+from tests.helpers import part
 from vae_lightning.elbo import gaussian_kl, gaussian_kl_per_dim, reparameterize
-from vae_lightning.priors import PRIORS, StandardPrior, VampPrior, build_prior
+from vae_lightning.errors import ConfigError
+from vae_lightning.parts import build_part
+from vae_lightning.priors.standard import StandardPrior
+from vae_lightning.priors.vamp import VampPrior
 
 F64 = torch.float64
 IMAGE_SHAPE = (1, 2, 2)
@@ -214,14 +218,12 @@ def test_standard_prior():
     torch.testing.assert_close(prior.kl_per_dim(mu, logvar, z), gaussian_kl_per_dim(mu, logvar))
 
 
-def test_build_prior():
-    assert PRIORS == ("standard", "vamp")
-    assert isinstance(
-        build_prior("standard", standard_normal_posterior, IMAGE_SHAPE, 3), StandardPrior
-    )
-    built = build_prior("vamp", standard_normal_posterior, IMAGE_SHAPE, 3, n_pseudo_inputs=7)
+def test_priors_are_built_from_their_configs_with_what_they_name():
+    """Each prior takes the context its __init__ names (N(0, I) no image shape or encoder), and
+    checks its own values, naming the key."""
+    context = {"latent_dim": 3, "image_shape": IMAGE_SHAPE, "encode": standard_normal_posterior}
+    assert isinstance(build_part(part("prior", "standard"), **context), StandardPrior)
+    built = build_part(part("prior", "vamp", n_pseudo_inputs=7), **context)
     assert isinstance(built, VampPrior) and built.pseudo_input_logits.shape == (7, *IMAGE_SHAPE)
-    with pytest.raises(ValueError, match="prior"):
-        build_prior("gaussian_mixture", standard_normal_posterior, IMAGE_SHAPE, 3)
-    with pytest.raises(ValueError, match="n_pseudo_inputs"):
-        VampPrior(standard_normal_posterior, IMAGE_SHAPE, 3, n_pseudo_inputs=0)
+    with pytest.raises(ConfigError, match="model.prior.n_pseudo_inputs=0 is not allowed"):
+        build_part(part("prior", "vamp", n_pseudo_inputs=0), **context)

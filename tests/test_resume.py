@@ -1,8 +1,9 @@
 """Exact resume: a run killed again and again (mid-epoch, during validation, right after an
 epoch end) and resumed ends with the same weights, optimiser state, logged values and pictures as
-one never interrupted, for the conv model, the MLP with dynamic binarisation and per-item
-decoding; under DDP at the right step. Checkpoints are written whole or not at all; a damaged
-last.ckpt is passed over for the newest intact checkpoint, and eval.py and sample.py name it."""
+one never interrupted, for the conv model, the MLP with dynamic binarisation on semi-supervised
+data (labelled and unlabelled images mixed in every batch) and per-item decoding; under DDP at
+the right step. Checkpoints are written whole or not at all; a damaged last.ckpt is passed over
+for the newest intact checkpoint, and eval.py and sample.py name it."""
 
 import errno
 import os
@@ -112,12 +113,15 @@ def variants(data: Path, cache: Path) -> dict[str, tuple[tuple[str, ...], tuple[
     """The overrides of each kind of run on top of RUN (the conv model on shapes in memory), with
     its data caches in `cache`, and those of the uninterrupted run it must equal (caches in
     data/cache, written from the source). All have 256 training images: 8 steps an epoch. A
-    per-item run must equal one in memory: the same images, in the same order."""
+    per-item run must equal one in memory: the same images, in the same order. The MLP's run is
+    semi-supervised (data.labelled): its batches mix labelled and unlabelled images."""
 
     def fashion(cache: Path) -> tuple[str, ...]:
         data_set = ("data=fashion_mnist", f"data.root={FASHION_MNIST_SUBSET}", "data.size=256")
-        model = ("model=mlp", "model.hidden_dims=[32]")
-        return (*data_set, f"data.cache_dir={cache}", "data.binarize=dynamic", *model)
+        model = ("model=mlp", "model.network.hidden_dims=[32]")
+        # 32 labels: each batch of 32 holds 4 labelled images and 28 of the 224 unlabelled ones
+        labelled = "data.labelled=32"
+        return (*data_set, f"data.cache_dir={cache}", "data.binarize=dynamic", labelled, *model)
 
     def folder(cache: Path, in_memory: bool) -> tuple[str, ...]:
         data_set = ("data=folder", f"data.root={data / 'digits'}", "data.size=256")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import run_script
+from tests.helpers import part, run_script
 from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
 from vae_lightning.runs import load_checkpoint_model, run_data_config
@@ -43,7 +43,7 @@ PAYLOADS = list(payloads(Path("marker")))
 
 
 def tiny_vae() -> VAE:
-    return VAE((1, 8, 8), "mlp", latent_dim=2, hidden_dims=(4,))
+    return VAE((1, 8, 8), network=part("network", "mlp", hidden_dims=[4]), latent_dim=2)
 
 
 def crafted_checkpoint(path: Path, **hparams) -> Path:

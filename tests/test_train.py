@@ -96,7 +96,7 @@ def test_multirun_makes_one_directory_per_job(tmp_path):
         ("model.objective=iwae model.objective.k=0", "model.objective.k"),
         ("model.objective=iwae model.objective.estimator=foo", "model.objective.estimator"),
         ("model.prior=foo", "model.prior"),
-        ("model.prior=vamp model.n_pseudo_inputs=0", "model.n_pseudo_inputs"),
+        ("model.prior=vamp model.prior.n_pseudo_inputs=0", "model.prior.n_pseudo_inputs"),
         ("model.prior=vamp model.free_bits=0.5", "model.free_bits"),
         ("optimized_metric=loss", "optimized_metric"),
         ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val"),

@@ -18,9 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from vae_lightning.callbacks import Pictures, console_callbacks, log_hparams_with_metrics
-from vae_lightning.config import check_config, check_image_shape, check_optimized_metric
-from vae_lightning.errors import ConfigError
+from vae_lightning.config import check_config, check_optimized_metric
+from vae_lightning.errors import ConfigError, user_errors_of_instantiation
 from vae_lightning.file_only import FILE_ONLY
+from vae_lightning.legacy import migrate_hparams
 from vae_lightning.metrics import evaluate_model
 from vae_lightning.phases import Phases
 from vae_lightning.runs import checkpoint_to_resume, load_checkpoint_model, run_data_config
@@ -157,13 +158,15 @@ def fit_and_test(cfg: DictConfig, startup: dict[str, float] | None = None) -> di
 
     with phases("data"):
         datamodule = instantiate(cfg.data)
-        check_image_shape(cfg, datamodule.image_shape)
         ckpt_path = checkpoint_to_resume(cfg, datamodule.image_shape)
     with phases("model"):
         # Plain lists and dicts, the optimiser left as config: the checkpoint's hparams stay data.
-        model = instantiate(
-            cfg.model, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
-        )
+        # A run of before the parts, resumed, has its model config flat (legacy.py).
+        model_cfg = migrate_hparams(OmegaConf.to_container(cfg.model, resolve=True))
+        with user_errors_of_instantiation():
+            model = instantiate(
+                model_cfg, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
+            )
         loggers = instantiate_all(cfg.get("logger"))
         callbacks = [*instantiate_all(cfg.get("callbacks")), *console_callbacks(cfg.trainer)]
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -19,97 +19,42 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lightning.checks import is_int, is_number, non_negative, positive_int
 from vae_lightning.errors import ConfigError, UnknownKeyError, UserError
-from vae_lightning.options import (
-    DCI_REGRESSORS,
-    ESTIMATORS,
-    LIKELIHOODS,
-    METRICS,
-    NETWORKS,
-    PRIORS,
-    SAMPLING,
-    SIGMA_PER,
-    UNREADABLE,
-    VARIANTS,
-    conv_downsampling,
-)
+from vae_lightning.legacy import MOVED
+from vae_lightning.options import DCI_REGRESSORS, METRICS, UNREADABLE
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _positive_int(value: Any) -> bool:
-    return _is_int(value) and value > 0
-
-
-def _non_negative(value: Any) -> bool:
-    return _is_number(value) and value >= 0
-
-
-def _positive_ints(value: Any) -> bool:
-    return OmegaConf.is_list(value) and len(value) > 0 and all(map(_positive_int, value))
-
-
-SEED_RULE = ("seed", _is_int, "an integer, e.g. seed=0")
+SEED_RULE = ("seed", is_int, "an integer, e.g. seed=0")
 
 # (key, test, what is allowed); a key missing from the config is not checked.
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     SEED_RULE,
     ("print_config", lambda v: isinstance(v, bool), "true or false"),
-    ("model.latent_dim", _positive_int, "a positive integer, e.g. model.latent_dim=16"),
-    ("model.beta", lambda v: _is_number(v) and v >= 0, "a number >= 0, e.g. model.beta=1"),
-    ("model.likelihood", lambda v: v in LIKELIHOODS, f"one of {', '.join(LIKELIHOODS)}"),
-    ("model.network", lambda v: v in NETWORKS, f"one of {', '.join(NETWORKS)}"),
-    ("model.hidden_dims", _positive_ints, "a non-empty list of positive integers, e.g. [32,64]"),
-    ("model.dense_dim", _positive_int, "a positive integer, e.g. model.dense_dim=256"),
-    ("model.gaussian_sigma", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. 0.1"),
-    ("model.gaussian_sigma_per", lambda v: v in SIGMA_PER, f"one of {', '.join(SIGMA_PER)}"),
-    ("model.kl_warmup", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no warm-up)"),
+    ("model.latent_dim", positive_int, "a positive integer, e.g. model.latent_dim=16"),
+    ("model.beta", lambda v: is_number(v) and v >= 0, "a number >= 0, e.g. model.beta=1"),
+    ("model.kl_warmup", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: no warm-up)"),
     ("model.kl_warmup_unit", lambda v: v in ("steps", "epochs"), "one of steps, epochs"),
-    ("model.free_bits", lambda v: _is_number(v) and v >= 0, "a number >= 0 of nats, e.g. 0.5"),
+    ("model.free_bits", lambda v: is_number(v) and v >= 0, "a number >= 0 of nats, e.g. 0.5"),
     ("model.compile", lambda v: isinstance(v, bool), "true or false"),
     ("model.channels_last", lambda v: isinstance(v, bool), "true or false"),
-    ("model.prior", lambda v: v in PRIORS, f"one of {', '.join(PRIORS)}"),
-    ("model.n_pseudo_inputs", _positive_int, "a positive integer, e.g. 500"),
-    ("model.n_layers", _positive_int, "a positive integer of stochastic layers, e.g. 3"),
-    (
-        "model.latent_dims",
-        _positive_ints,
-        "a list of positive integers, one per layer, e.g. [8,16]",
-    ),
-    ("model.layer_channels", _positive_ints, "a list of positive integers, one per layer"),
-    ("model.logvar_bound", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. 10"),
-    ("model.grad_skip_threshold", _non_negative, "a number >= 0 (0: off), e.g. 400"),
-    ("model.objective.k", _positive_int, "a positive integer of samples, e.g. 5"),
-    ("model.objective.estimator", lambda v: v in ESTIMATORS, f"one of {', '.join(ESTIMATORS)}"),
-    *(
-        (f"model.objective.{weight}", _non_negative, "a number >= 0, e.g. 1")
-        for weight in ("alpha", "beta", "gamma", "lambda_od", "lambda_d", "c_min", "c_max")
-    ),
-    ("model.objective.n_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 of steps"),
-    ("model.objective.variant", lambda v: v in VARIANTS, f"one of {', '.join(VARIANTS)}"),
-    ("model.objective.sampling", lambda v: v in SAMPLING, f"one of {', '.join(SAMPLING)}"),
-    ("trainer.gradient_clip_val", lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: off)"),
-    ("trainer.accumulate_grad_batches", _positive_int, "a positive integer of batches, e.g. 4"),
-    ("model.optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. 1e-3"),
-    ("data.batch_size", _positive_int, "a positive integer, e.g. data.batch_size=128"),
-    ("data.image_size", _positive_int, "a positive integer, e.g. data.image_size=32"),
+    ("model.grad_skip_threshold", non_negative, "a number >= 0 (0: off), e.g. 400"),
+    ("trainer.gradient_clip_val", lambda v: is_number(v) and v >= 0, "a number >= 0 (0: off)"),
+    ("trainer.accumulate_grad_batches", positive_int, "a positive integer of batches, e.g. 4"),
+    ("model.optimizer.lr", lambda v: is_number(v) and v > 0, "a number > 0, e.g. 1e-3"),
+    ("data.batch_size", positive_int, "a positive integer, e.g. data.batch_size=128"),
+    ("data.image_size", positive_int, "a positive integer, e.g. data.image_size=32"),
     ("data.channels", lambda v: v in (1, 3), "1 (grey) or 3 (RGB)"),
     ("data.binarize", lambda v: v == "dynamic", "dynamic, or null for grey values"),
-    ("data.val_fraction", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1), e.g. 0.1"),
-    ("data.size", _positive_int, "a positive integer, or null for all images"),
+    ("data.val_fraction", lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1), e.g. 0.1"),
+    ("data.size", positive_int, "a positive integer, or null for all images"),
     ("data.unreadable", lambda v: v in UNREADABLE, f"one of {', '.join(UNREADABLE)}"),
-    ("torch_threads", _positive_int, "a positive integer of threads, or null for one per core"),
-    ("trainer.max_epochs", _is_int, "an integer (-1 for no limit), e.g. trainer.max_epochs=10"),
-    ("eval.iwae_k", _positive_int, "a positive integer of importance samples, e.g. 1000"),
+    ("data.labelled", positive_int, "a positive integer of labels, or null for every label"),
+    ("torch_threads", positive_int, "a positive integer of threads, or null for one per core"),
+    ("trainer.max_epochs", is_int, "an integer (-1 for no limit), e.g. trainer.max_epochs=10"),
+    ("eval.iwae_k", positive_int, "a positive integer of importance samples, e.g. 1000"),
     (
         "eval.limit_test_batches",
-        lambda v: _is_number(v) and v > 0,
+        lambda v: is_number(v) and v > 0,
         "a fraction of the test batches in (0, 1], or their number, e.g. 10",
     ),
     (
@@ -118,7 +63,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         f"a list of {', '.join(METRICS)}, e.g. [mig,dci]",
     ),
     *(
-        (f"eval.disentanglement.{key}", _positive_int, "a positive integer, e.g. 1000")
+        (f"eval.disentanglement.{key}", positive_int, "a positive integer, e.g. 1000")
         for key in ("batch_size", "n_train", "n_eval")
     ),
     (
@@ -126,27 +71,27 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         lambda v: v in DCI_REGRESSORS,
         f"one of {', '.join(DCI_REGRESSORS)}",
     ),
-    ("eval.max_rows", _positive_int, "a positive integer of decoder rows per pass, e.g. 8192"),
-    ("eval.iwae_images", _positive_int, "a positive integer, or null for every test image"),
+    ("eval.max_rows", positive_int, "a positive integer of decoder rows per pass, e.g. 8192"),
+    ("eval.iwae_images", positive_int, "a positive integer, or null for every test image"),
     (
         "eval.samples",
         lambda v: OmegaConf.is_dict(v),
         "the sample metrics' settings (conf/samples/default.yaml), or null for none",
     ),
     # precision/recall needs more images than its k = 3 nearest neighbours
-    ("eval.samples.n", lambda v: _is_int(v) and v >= 4, "an integer >= 4 of samples, e.g. 10000"),
-    ("eval.samples.batch_size", _positive_int, "a positive integer of images, e.g. 500"),
-    ("eval.samples.seed", _is_int, "an integer, e.g. 0"),
-    ("eval.samples.gmm_components", _positive_int, "a positive integer, e.g. 10"),
+    ("eval.samples.n", lambda v: is_int(v) and v >= 4, "an integer >= 4 of samples, e.g. 10000"),
+    ("eval.samples.batch_size", positive_int, "a positive integer of images, e.g. 500"),
+    ("eval.samples.seed", is_int, "an integer, e.g. 0"),
+    ("eval.samples.gmm_components", positive_int, "a positive integer, e.g. 10"),
     ("callbacks.nonfinite.on_nonfinite", lambda v: v in ("stop", "skip"), "stop or skip"),
     (
         "callbacks.nonfinite.every_n_steps",
-        _positive_int,
+        positive_int,
         "a positive integer, or null for trainer.log_every_n_steps",
     ),
     (
         "callbacks.step_checkpoint.every_n_train_steps",
-        _positive_int,
+        positive_int,
         "a positive integer, e.g. callbacks.step_checkpoint.every_n_train_steps=50",
     ),
 ]
@@ -157,17 +102,17 @@ SAMPLE_MODES = ("prior", "traverse", "interpolate", "reconstruct")
 SAMPLE_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("mode", lambda v: v in SAMPLE_MODES, f"one of {', '.join(SAMPLE_MODES)}"),
     ("sampler", lambda v: v in ("prior", "gmm"), "prior or gmm"),
-    ("gmm_components", _positive_int, "a positive integer, e.g. gmm_components=10"),
-    ("n", _positive_int, "a positive integer, e.g. n=64"),
-    ("steps", lambda v: _is_int(v) and v >= 2, "an integer >= 2, e.g. steps=9"),
-    ("span", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. span=3"),
-    ("temperature", lambda v: _is_number(v) and v > 0, "a number > 0, e.g. temperature=0.7"),
+    ("gmm_components", positive_int, "a positive integer, e.g. gmm_components=10"),
+    ("n", positive_int, "a positive integer, e.g. n=64"),
+    ("steps", lambda v: is_int(v) and v >= 2, "an integer >= 2, e.g. steps=9"),
+    ("span", lambda v: is_number(v) and v > 0, "a number > 0, e.g. span=3"),
+    ("temperature", lambda v: is_number(v) and v > 0, "a number > 0, e.g. temperature=0.7"),
     SEED_RULE,
 ]
 
 # The rules of export.py's config (conf/export.yaml).
 EXPORT_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("n_images", _positive_int, "a positive integer, e.g. n_images=32"),
+    ("n_images", positive_int, "a positive integer, e.g. n_images=32"),
     SEED_RULE,
 ]
 
@@ -181,54 +126,61 @@ REQUIRED: dict[str, dict[str, str]] = {
 }
 
 
-# (key, test of the whole config, what is allowed): values that only work together.
-def _per_layer(key: str) -> Callable[[DictConfig], bool]:
-    def fits(cfg: DictConfig) -> bool:
-        value = cfg.model.get(key)
-        return value is None or len(value) == cfg.model.get("n_layers", 1)
-
-    return fits
+# (key, test of the whole config, what is allowed): parts that only work together.
+def _part(cfg: DictConfig, part: str) -> str:
+    """The class name a part's config names (its _target_'s last component)."""
+    return str(OmegaConf.select(cfg, f"model.{part}._target_")).rpartition(".")[2]
 
 
-# The objectives that read a single layer's posterior (mu, logvar, z) or its KL's decomposition.
-SINGLE_LAYER_OBJECTIVES = ("BetaTC", "FactorVAE", "DIPVAE")
+# The objectives that read a single layer's posterior (mu, logvar, z) or its KL's decomposition,
+# and those that read mu and logvar as q itself (a flow's base Gaussian is not q).
+SINGLE_LAYER_OBJECTIVES = ("BetaTC", "FactorVAE", "DIPVAE", "MMD")
+GAUSSIAN_POSTERIOR_OBJECTIVES = ("BetaTC", "DIPVAE")
 
 
 def _hierarchical(cfg: DictConfig) -> bool:
-    return cfg.model.get("network") == "hierarchical"
+    return _part(cfg, "network") == "HierarchicalNetwork"
 
 
 COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
-    *(
-        (f"model.{key}", _per_layer(key), "one value per layer (model.n_layers of them), or null")
-        for key in ("latent_dims", "layer_channels")
-    ),
     (
         "model.objective",
         lambda cfg: (
-            not _hierarchical(cfg)
-            or not str(OmegaConf.select(cfg, "model.objective._target_")).endswith(
-                SINGLE_LAYER_OBJECTIVES
-            )
+            not _hierarchical(cfg) or _part(cfg, "objective") not in SINGLE_LAYER_OBJECTIVES
         ),
         "elbo, iwae or capacity with model=hierarchical: the others read one layer's posterior",
     ),
     (
+        "model.objective",
+        lambda cfg: (
+            _part(cfg, "posterior") == "DiagonalGaussian"
+            or _part(cfg, "objective") not in GAUSSIAN_POSTERIOR_OBJECTIVES
+        ),
+        "not beta_tc or dip with a flow posterior: they read mu and logvar as q(z|x) itself",
+    ),
+    (
         "model.prior",
-        lambda cfg: not _hierarchical(cfg) or cfg.model.get("prior") == "standard",
+        lambda cfg: not _hierarchical(cfg) or _part(cfg, "prior") == "StandardPrior",
         "standard with model=hierarchical: the top layer's prior is N(0, I)",
     ),
     (
+        "model.posterior",
+        lambda cfg: not _hierarchical(cfg) or _part(cfg, "posterior") == "DiagonalGaussian",
+        "gaussian with model=hierarchical: its layers' posteriors are its own Gaussians",
+    ),
+    (
         "model.free_bits",
-        lambda cfg: not cfg.model.get("free_bits") or cfg.model.get("prior") == "standard",
-        "0 with model.prior=vamp: a mixture prior's KL does not split into dimensions",
+        lambda cfg: (
+            not cfg.model.get("free_bits")
+            or (_part(cfg, "prior"), _part(cfg, "posterior"))
+            == ("StandardPrior", "DiagonalGaussian")
+        ),
+        "0 unless the prior is standard and the posterior gaussian: only then does the KL split "
+        "into dimensions",
     ),
     (
         "model.prior",
-        lambda cfg: (
-            cfg.model.get("prior") == "standard"
-            or not str(OmegaConf.select(cfg, "model.objective._target_")).endswith("BetaTC")
-        ),
+        lambda cfg: _part(cfg, "prior") == "StandardPrior" or _part(cfg, "objective") != "BetaTC",
         "standard with model.objective=beta_tc: its KL decomposition assumes N(0, I)",
     ),
 ]
@@ -256,21 +208,6 @@ def check_required(command: str, cfg: DictConfig) -> None:
     for key, example in REQUIRED.get(command, {}).items():
         if OmegaConf.is_missing(cfg, key) or not cfg[key]:
             raise ConfigError(key, None, f"it is required, e.g. {example}")
-
-
-def check_image_shape(cfg: DictConfig, image_shape: tuple[int, int, int]) -> None:
-    """The conv network halves the image once per hidden layer: the size must allow it. The
-    message names data.image_size, where the data has one, beside model.hidden_dims."""
-    if cfg.model.network not in ("conv", "hierarchical"):
-        return
-    hidden_dims = list(cfg.model.hidden_dims)
-    try:
-        conv_downsampling(image_shape, len(hidden_dims))
-    except ValueError as error:
-        reason = f"with model.hidden_dims={hidden_dims}, {error}"
-        if "image_size" in cfg.data:
-            raise ConfigError("data.image_size", cfg.data.image_size, reason) from None
-        raise ConfigError("data", f"images of {image_shape[1]}x{image_shape[2]}", reason) from None
 
 
 # Hydra's own command-line flags that take a value (`hydra --help`): their values are not overrides.
@@ -474,6 +411,12 @@ def check_override_keys(config_dir: str | Path, config_name: str, argv: list[str
             parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
         if not OmegaConf.is_dict(parent):
             raise UnknownKeyError(f"{key} is not a key: {parent_key} is a value, not a group")
+        if parent_key == "model" and leaf in MOVED:
+            part, moved = MOVED[leaf]
+            raise UnknownKeyError(
+                f"{key} is not a key of model: it is model.{part}.{moved} since each part of "
+                f"the model has its own config (conf/model/{part}/)"
+            )
         keys = [str(k) for k in parent if k != "hydra"]
         where = f"a key of {parent_key}" if parent_key else "a top-level key"
         raise _unknown_key(key, where, keys, f"its keys: {', '.join(keys)} (+{key}=... adds one)")
@@ -517,8 +460,11 @@ def check_command_config(command: str, cfg: DictConfig, argv: list[str]) -> None
     if command == "train":
         check_optimized_metric(cfg)
         size = OmegaConf.select(cfg, "data.image_size")
-        if _positive_int(size):
-            check_image_shape(cfg, (1, size, size))
+        if positive_int(size):
+            # Last, as it imports torch: each part checks its own values as it is built.
+            from vae_lightning.parts import check_parts
+
+            check_parts(cfg.model, (OmegaConf.select(cfg, "data.channels", default=1), size, size))
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
         allowed = f"no such file; a checkpoint of train.py, e.g. {CHECKPOINT_EXAMPLE}"

@@ -1,5 +1,6 @@
-"""The mathematics of the VAE as pure tensor functions: likelihoods, the Gaussian KL, the ELBO and
-the importance-weighted bound (IWAE).
+"""The mathematics of the VAE as pure tensor functions: the Gaussian KL and log density, the
+reparameterisation trick, the ELBO's terms and the importance-weighted bound (IWAE). The model's
+parts (likelihoods/, posteriors/, priors/, networks/) are built on them.
 
 Conventions used everywhere in this project: every quantity is per sample, summed over pixels and
 latent dimensions; averaging over the batch happens only where a loss is formed.
@@ -10,8 +11,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 LOG_2PI = math.log(2 * math.pi)
 # Likelihoods sum over an image's (C, H, W) and keep the leading dims: (batch,) or (samples, batch).
@@ -50,78 +49,12 @@ def diagonal_gaussian_log_prob(
     return -0.5 * ((z - mu).pow(2) * (-logvar).exp() + logvar + LOG_2PI).sum(dim=-1)
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """z = mu + sigma * eps with eps ~ N(0, I), so gradients flow through mu and sigma."""
-    return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-
-
-class Bernoulli(nn.Module):
-    """p(x|z) = Bernoulli(sigmoid(logits)) per pixel; x may be grey values in [0, 1]."""
-
-    def log_prob(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        # x log sigmoid(l) + (1 - x) log(1 - sigmoid(l)) = x l - softplus(l): stable for any l,
-        # cheaper than BCE-with-logits, and x broadcasts over leading sample dims uncopied.
-        return (x * logits).sum(PIXEL_DIMS) - F.softplus(logits).sum(PIXEL_DIMS)
-
-    def mean(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits)
-
-
-class FixedGaussian(nn.Module):
-    """p(x|z) = N(x; mean, sigma^2 I) with a fixed sigma, constant included so nats compare."""
-
-    def __init__(self, sigma: float = 0.1):
-        super().__init__()
-        self.sigma = sigma
-
-    def log_prob(self, mean: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        log_density = -0.5 * ((x - mean) / self.sigma) ** 2 - math.log(self.sigma) - 0.5 * LOG_2PI
-        return log_density.sum(PIXEL_DIMS)
-
-    def mean(self, mean: torch.Tensor) -> torch.Tensor:
-        return mean.clamp(0, 1)
-
-
-class LearnedGaussian(nn.Module):
-    """p(x|z) = N(x; mean, sigma^2 I) with sigma a parameter learned with the networks: one sigma
-    for every pixel (`per="image"`) or one per channel (`per="channel"`).
-
-    Maximum likelihood in sigma balances the two ELBO terms by itself (sigma-VAE, Rybkin et al.
-    2021), where a fixed sigma is a hand-set weight on the reconstruction. sigma is kept above
-    `min_sigma`: on near-binary images it would otherwise shrink towards 0 and the density diverge.
-    """
-
-    def __init__(self, channels: int, sigma: float = 0.1, per: str = "image", min_sigma=1e-3):
-        super().__init__()
-        shape = (channels, 1, 1) if per == "channel" else (1, 1, 1)
-        self.log_sigma = nn.Parameter(torch.full(shape, math.log(sigma)))
-        self.min_log_sigma = math.log(min_sigma)
-
-    def clamped_log_sigma(self) -> torch.Tensor:
-        return self.log_sigma.clamp(min=self.min_log_sigma)
-
-    @property
-    def sigma(self) -> torch.Tensor:
-        return self.clamped_log_sigma().exp()
-
-    def log_prob(self, mean: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        log_sigma = self.clamped_log_sigma()
-        log_density = -0.5 * ((x - mean) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * LOG_2PI
-        return log_density.sum(PIXEL_DIMS)
-
-    def mean(self, mean: torch.Tensor) -> torch.Tensor:
-        return mean.clamp(0, 1)
-
-
-def build_likelihood(
-    name: str, gaussian_sigma: float, channels: int = 1, sigma_per: str = "image"
-) -> nn.Module:
-    """The likelihood named by `model.likelihood`; gaussian_sigma is its fixed or initial sigma."""
-    if name == "gaussian":
-        return FixedGaussian(gaussian_sigma)
-    if name == "gaussian_learned":
-        return LearnedGaussian(channels, gaussian_sigma, sigma_per)
-    return Bernoulli()
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """z = mu + sigma * eps with eps ~ N(0, I), so gradients flow through mu and sigma; with k,
+    k draws of each (k, *mu.shape)."""
+    shape = mu.shape if k is None else (k, *mu.shape)
+    eps = torch.randn(shape, dtype=mu.dtype, device=mu.device)
+    return mu + eps * (0.5 * logvar).exp()
 
 
 class ELBOTerms(NamedTuple):
@@ -160,46 +93,6 @@ class ELBOTerms(NamedTuple):
         else:
             kl_term = self.kl.mean()
         return self.recon.mean() + beta * kl_term
-
-
-def elbo_terms(
-    likelihood: nn.Module,
-    x: torch.Tensor,
-    decoder_output: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-) -> ELBOTerms:
-    """One-sample Monte Carlo estimate of -E_q[log p(x|z)] and the closed-form KL."""
-    kl_per_dim = gaussian_kl_per_dim(mu, logvar)
-    return ELBOTerms(
-        recon=-likelihood.log_prob(decoder_output, x),
-        kl=kl_per_dim.sum(dim=-1),
-        kl_per_dim=kl_per_dim,
-    )
-
-
-def log_importance_weights(
-    likelihood: nn.Module,
-    decoder: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    n: int,
-    prior_log_prob: Callable[[torch.Tensor], torch.Tensor] = diagonal_gaussian_log_prob,
-    stop_posterior_grad: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for n draws z_i ~ q(z|x) per image,
-    shape (n, batch), and the draws z (n, batch, latent_dim); the n decodings go through the
-    decoder in one call. stop_posterior_grad detaches mu and logvar inside log q (not in z):
-    the doubly-reparameterised gradient (objectives.iwae) needs only the path through z."""
-    eps = torch.randn(n, *mu.shape, dtype=mu.dtype, device=mu.device)
-    z = mu + eps * (0.5 * logvar).exp()
-    if stop_posterior_grad:
-        mu, logvar = mu.detach(), logvar.detach()
-    log_q = diagonal_gaussian_log_prob(z, mu, logvar)
-    decoded = decoder(z.flatten(0, 1))
-    log_lik = likelihood.log_prob(decoded.view(n, *x.shape), x)
-    return log_lik + prior_log_prob(z) - log_q, z
 
 
 def iwae_bound(

@@ -1,10 +1,13 @@
 """The errors whose message is the whole story for a user: shown as one line, no traceback."""
 
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from hydra.errors import InstantiationException
 
 
 class UserError(Exception):
@@ -50,3 +53,20 @@ def exit_on_config_error(main: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(error.exit_code)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def user_errors_of_instantiation() -> Iterator[None]:
+    """Raise a UserError that a constructor called by Hydra's `instantiate` raised as itself:
+    instantiate wraps it in an InstantiationException once per level of nesting (the model's
+    objective inside the model), and a part that checks its own arguments is to be answered in
+    one line all the same."""
+    try:
+        yield
+    except InstantiationException as error:
+        cause = error.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise

@@ -21,6 +21,7 @@ from vae_lightning.config import EXPORT_RULES, check_config, check_required
 from vae_lightning.drawing import grid, reconstruction_grid
 from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
+from vae_lightning.parts import PARTS
 from vae_lightning.runs import load_checkpoint_model, run_data_config, run_dir_of
 
 log = logging.getLogger(__name__)
@@ -244,12 +245,13 @@ def model_card(
 ) -> ModelCard:
     """The README.md of the folder, with the front matter the mixin gives the VAE class."""
     hparams = dict(model.hparams)
-    objective = (hparams.get("objective") or {}).get("_target_", "ELBO").rsplit(".", 1)[-1]
+    name = {part: type(getattr(model, part)).__name__ for part in PARTS}
     channels, height, width = model.image_shape
     summary = (
-        f"a `{hparams['network']}` network, {hparams['latent_dim']} latent dimensions, a "
-        f"{hparams['likelihood']} p(x|z) and a {hparams['prior']} prior, trained on the "
-        f"{objective} objective (beta={hparams['beta']}) with {channels}×{height}×{width} images"
+        f"a `{name['network']}` network, {hparams['latent_dim']} latent dimensions, a "
+        f"`{name['posterior']}` q(z|x), a `{name['likelihood']}` p(x|z) and a `{name['prior']}` "
+        f"prior, trained on the `{name['objective']}` objective (beta={hparams['beta']}) with "
+        f"{channels}×{height}×{width} images"
     )
     ckpt = Path(ckpt_path)
     rows, note = None, ""

@@ -118,7 +118,6 @@ def evaluate_model(
     datamodule.setup("test")
     loader = datamodule.test_dataloader()
     iwae, mus, kls, labels, layer_mus, layer_kls = [], [], [], [], [], []
-    hierarchical = model.hierarchy is not None
     n_iwae = min(_images_in(loader, max_batches), iwae_images or float("inf"))
     forecast = IwaeCostForecast(n_iwae, iwae_k)
     # Progress in images, advanced by each chunk of draws (a batch's k draws may take minutes):
@@ -143,7 +142,7 @@ def evaluate_model(
             mus.append(layers[-1].mean)  # the top layer's: encode(x)'s mean
             labels.append(batch_labels)
             kls.append(torch.cat([layer.kl_per_dim for layer in layers], dim=1))
-            if hierarchical:
+            if len(layers) > 1:
                 layer_kls.append(model.elbo_terms(images).kl_per_layer)
     bounds = torch.cat(iwae)
     nll = -bounds.mean().item()
@@ -163,7 +162,7 @@ def evaluate_model(
         "test/active_units": sum(units),
         "test/kl_per_dim": [round(v, 4) for v in torch.cat(kls).mean(dim=0).tolist()],
     }
-    if hierarchical:
+    if layer_kls:
         kl_per_layer = torch.cat(layer_kls).mean(dim=0).tolist()
         metrics["test/kl_per_layer"] = [round(v, 4) for v in kl_per_layer]
         metrics["test/active_units_per_layer"] = units

@@ -1,34 +1,27 @@
-"""The LightningModule: encoder q(z|x), decoder p(x|z), the prior p(z) and a training objective."""
+"""The LightningModule: a VAE composed of parts (network, posterior q(z|x), prior p(z),
+likelihood p(x|z)) and a training objective."""
 
+import inspect
+import json
+import os
 from collections.abc import Sized
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 
 import lightning as L
 import torch
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
 from hydra.utils import instantiate
 from lightning.pytorch.core.saving import load_hparams_from_tags_csv, load_hparams_from_yaml
+from safetensors.torch import load_file
 
-from vae_lightning.elbo import (
-    ELBOTerms,
-    build_likelihood,
-    gaussian_kl_per_dim,
-    log_importance_weights,
-    reparameterize,
-)
-from vae_lightning.hierarchical import build_hierarchy, per_channel
-from vae_lightning.networks import build_networks
-from vae_lightning.objectives import ELBO, ObjectiveOutput, TrainingState
-from vae_lightning.priors import build_prior
+from vae_lightning.elbo import ELBOTerms
+from vae_lightning.legacy import migrate_hparams, migrate_state_dict
+from vae_lightning.networks import LayerPosterior, Parts
+from vae_lightning.objectives import ObjectiveOutput, TrainingState
+from vae_lightning.options import part_config
+from vae_lightning.parts import build_parts
 from vae_lightning.registry import check_model_config, checkpoint_hyperparameters
-
-
-class LayerPosterior(NamedTuple):
-    """One stochastic layer's posterior, per image, for pictures and metrics."""
-
-    mean: torch.Tensor  # E_q[z_l], flattened (batch, units of the layer): what active units count
-    kl_per_dim: torch.Tensor  # KL(q || p) of each latent dimension (batch, dims of the layer)
 
 
 class VAE(
@@ -38,13 +31,24 @@ class VAE(
     tags=["vae", "variational-autoencoder", "lightning"],
     pipeline_tag="unconditional-image-generation",
 ):
-    """A VAE with a diagonal Gaussian q(z|x), a configurable p(x|z) and prior p(z), trained on
-    `objective` (default: the beta-weighted ELBO).
+    """A VAE of parts, each a Hydra config of a class built here (conf/model/<part>/):
+
+    - `network`: the encoder and decoder (mlp, conv) or a hierarchy of latent layers;
+    - `posterior`: q(z|x) from the encoder's output (the diagonal Gaussian);
+    - `prior`: p(z) (standard N(0, I), vamp);
+    - `likelihood`: p(x|z) from the decoder's output (bernoulli, gaussian, gaussian_learned,
+      discretized_logistic);
+    - `objective`: the training loss, an `objectives.Objective` (default: the beta-weighted ELBO).
+
+    A part left None is conf/'s default (conv, gaussian, standard, bernoulli, elbo).
 
     Outside this class everything uses its public API: `encode(x)` gives the posterior's mu and
     log sigma^2, `decode(z)` and `reconstruct(x)` images (the mean of p(x|z)), `sample(n)`
-    decodings of prior draws, `kl_per_dim(x)` each latent dimension's KL to the prior, and
-    `elbo_terms(x)` / `log_importance_weights(x, k)` what objectives and evaluation need.
+    decodings of prior draws, `kl_per_dim(x)` each latent dimension's KL to the prior,
+    `elbo_terms(x)` / `log_importance_weights(x, k)` what objectives and evaluation need, and
+    `posterior_by_layer(x)` each stochastic layer's posterior mean and KL per dimension. The
+    network runs each of them with the other parts (networks/), so no method here asks which
+    network it holds.
 
     Every constructor argument is saved in the checkpoint as plain data, so
     `VAE.load_from_checkpoint(path)` rebuilds the model with nothing else at hand (and with
@@ -52,48 +56,37 @@ class VAE(
     arguments, as JSON, in config.json: `save_pretrained(DIR)` writes it beside the weights
     (model.safetensors), `VAE.from_pretrained(DIR or repo id)` rebuilds the model from the two
     (strictly: every weight must fit), `push_to_hub(repo id)` publishes them; export.py writes
-    such a folder from a checkpoint, with a model card. `optimizer` is a Hydra config of a partial
-    optimiser, e.g. {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3};
-    `scheduler`, when given, is Lightning's lr-scheduler dict with a partial scheduler under
-    "scheduler" (e.g. {"scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
-    "_partial_": True, "T_max": 10}, "interval": "epoch"}); `objective` is the Hydra config of
-    an `objectives.Objective`. Read from a checkpoint or config.json, these name the project's
-    objectives and torch's optimisers and schedulers only (registry.py): loading runs no other
-    code a file names.
+    such a folder from a checkpoint, with a model card. Read from a checkpoint or config.json,
+    the parts' configs name the project's parts and torch's optimisers and schedulers only
+    (registry.py): loading runs no other code a file names. Checkpoints and folders written
+    before the parts (their arguments flat: network="conv", hidden_dims=...) load too
+    (legacy.py).
+
+    `optimizer` is a Hydra config of a partial optimiser, e.g. {"_target_": "torch.optim.Adam",
+    "_partial_": True, "lr": 1e-3}; `scheduler`, when given, is Lightning's lr-scheduler dict
+    with a partial scheduler under "scheduler" (e.g. {"scheduler": {"_target_":
+    "torch.optim.lr_scheduler.CosineAnnealingLR", "_partial_": True, "T_max": 10}, "interval":
+    "epoch"}).
 
     Remedies for posterior collapse, in the training loss only (validation, test and every
     reported ELBO use beta and no free bits): `kl_warmup` ramps the KL weight linearly from 0 to
     beta over that many `kl_warmup_unit` ("steps" or "epochs"); `free_bits` is a floor of that
-    many nats per latent dimension on the KL term (see ELBOTerms.loss).
-
-    `network="hierarchical"` is the hierarchical VAE of hierarchical.py: `n_layers` stochastic
-    layers of `latent_dims` (bottom first; None: latent_dim each) with `layer_channels` of state
-    (None: hidden_dims[-1] each), log sigma^2 softly bounded to +-`logvar_bound`. Its KL warm-up
-    weighs every layer's KL, its free bits are nats per layer. The public API is the same:
-    `encode(x)` is the top layer's posterior q(z_L|x), `decode(z)` the top-down pass from
-    z_L = z with every layer below at its prior mean, `reconstruct(x)` every layer at its
-    posterior mean, `sample(n, temperature=t)` ancestral draws with each prior's sd times t,
-    `kl_per_dim(x)` the top layer's, and `posterior_by_layer(x)` every layer's posterior mean and
-    KL per dimension (along the posterior means).
+    many nats per latent dimension (per layer, in a hierarchy) on the KL term (ELBOTerms.loss).
 
     `grad_skip_threshold` > 0 skips outlier updates as VDVAE does (Child 2021): a step whose
     gradient norm exceeds it, or is not finite, has its gradients zeroed (see
-    on_before_optimizer_step); for either kind of network.
+    on_before_optimizer_step).
     """
 
     def __init__(
         self,
         image_shape: tuple[int, int, int],
-        network: str = "conv",
-        latent_dim: int = 10,
-        hidden_dims: tuple[int, ...] = (32, 64),
-        dense_dim: int = 256,
-        likelihood: str = "bernoulli",
-        gaussian_sigma: float = 0.1,
-        gaussian_sigma_per: str = "image",
-        prior: str = "standard",
-        n_pseudo_inputs: int = 500,
+        network: dict[str, Any] | None = None,
+        posterior: dict[str, Any] | None = None,
+        prior: dict[str, Any] | None = None,
+        likelihood: dict[str, Any] | None = None,
         objective: dict[str, Any] | None = None,
+        latent_dim: int = 10,
         beta: float = 1.0,
         kl_warmup: int = 0,
         kl_warmup_unit: str = "steps",
@@ -102,49 +95,38 @@ class VAE(
         scheduler: dict[str, Any] | None = None,
         compile: bool = False,
         channels_last: bool = False,
-        n_layers: int = 1,
-        latent_dims: tuple[int, ...] | None = None,
-        layer_channels: tuple[int, ...] | None = None,
-        logvar_bound: float = 10.0,
         grad_skip_threshold: float = 0.0,
     ):
         super().__init__()
+        # Saved filled in, so a checkpoint says which parts it holds whatever conf/ says later.
+        network = network or part_config("network", "conv")
+        posterior = posterior or part_config("posterior", "gaussian")
+        prior = prior or part_config("prior", "standard")
+        likelihood = likelihood or part_config("likelihood", "bernoulli")
+        objective = objective or part_config("objective", "elbo")
         self.save_hyperparameters()
         self.image_shape = tuple(image_shape)
-        self.hierarchy = None
-        if network == "hierarchical":
-            latent_dims = list(latent_dims or [latent_dim] * n_layers)
-            self.hierarchy = build_hierarchy(
-                self.image_shape,
-                latent_dims,
-                list(layer_channels or [hidden_dims[-1]] * n_layers),
-                list(hidden_dims),
-                logvar_bound,
-            )
-            latent_dim = latent_dims[-1]  # the top layer's: encode, decode and the prior's
-        else:
-            self.encoder, self.decoder = build_networks(
-                network, self.image_shape, latent_dim, list(hidden_dims), dense_dim
-            )
-        self.likelihood = build_likelihood(
-            likelihood, gaussian_sigma, self.image_shape[0], gaussian_sigma_per
-        )
-        self.prior = build_prior(prior, self.encode, self.image_shape, latent_dim, n_pseudo_inputs)
+        parts = build_parts(self.hparams, self.image_shape, self.encode)
+        self.likelihood = parts["likelihood"]
+        self.posterior = parts["posterior"]
+        self.network = parts["network"]
+        self.prior = parts["prior"]
+        self.objective = parts["objective"]
         # Updates skipped by grad_skip_threshold, counted on the device: no host sync per step.
         self.register_buffer("skipped_updates", torch.zeros((), dtype=torch.long), persistent=False)
-        self.objective = instantiate(objective) if objective else ELBO()
         self.beta = beta
         self.dataset_size = 1  # of the training data, known once the trainer sets up
         self.example_input_array = torch.zeros(1, *self.image_shape)
         # NHWC conv weights (and inputs, in encode): faster kernels on some CPUs and GPUs
         if channels_last:
             self.to(memory_format=torch.channels_last)
-        if compile:  # in place: the state_dict keys stay those of the plain modules
-            if self.hierarchy is not None:
-                self.hierarchy.compile_networks()
-            else:
-                self.encoder.compile()
-                self.decoder.compile()
+        if compile:
+            self.network.compile_networks()
+
+    @property
+    def parts(self) -> Parts:
+        """The parts the network's passes combine with its own."""
+        return Parts(self.posterior, self.prior, self.likelihood)
 
     @classmethod
     def load_from_checkpoint(
@@ -157,14 +139,18 @@ class VAE(
         **kwargs: Any,
     ) -> "VAE":
         """Lightning's, once the saved arguments (or `hparams_file`'s, which replace them) are
-        found to name only the project's parts: building the model instantiates them."""
+        found to name only the project's parts, since building the model instantiates them;
+        flat arguments of before the parts become today's (legacy.py)."""
         if hparams_file is None:
             saved = checkpoint_hyperparameters(checkpoint_path, weights_only)
         elif str(hparams_file).lower().endswith(".csv"):
             saved = load_hparams_from_tags_csv(hparams_file)
         else:
             saved = load_hparams_from_yaml(hparams_file)
-        check_model_config(saved)
+        arguments = migrate_hparams(saved)
+        check_model_config(arguments)
+        if arguments is not saved:  # Lightning drops the flat keys that __init__ does not take
+            kwargs = {**arguments, **kwargs}
         if weights_only is not None:  # an argument of newer Lightning releases only
             kwargs["weights_only"] = weights_only
         return super().load_from_checkpoint(
@@ -175,22 +161,59 @@ class VAE(
             **kwargs,
         )
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Before the weights are loaded, on loading and on resuming alike: a flat model's
+        # weights under today's names.
+        network = self.hparams.network
+        checkpoint["state_dict"] = migrate_state_dict(checkpoint["state_dict"], network)
+
     @classmethod
-    def _from_pretrained(cls, *, strict: bool = True, **kwargs: Any) -> "VAE":
-        # config.json's arguments are among kwargs: checked before they build anything.
-        check_model_config(kwargs)
-        # The mixin loads weights non-strictly by default: weights that do not fit config.json
-        # would leave layers at their random initialisation without a word.
-        return super()._from_pretrained(strict=strict, **kwargs)
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str = "cpu",
+        strict: bool = True,
+        **model_kwargs: Any,
+    ) -> "VAE":
+        """The model of a Hub folder or repository: config.json's arguments (the whole file, so
+        that flat ones of before the parts are read too), checked to name only the project's
+        parts before they build anything, then model.safetensors' weights, strictly: weights
+        that did not fit would leave layers at their random initialisation without a word."""
+
+        def fetch(filename: str) -> str:
+            if os.path.isdir(model_id):
+                return os.path.join(model_id, filename)
+            return hf_hub_download(
+                repo_id=model_id,
+                filename=filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                token=token,
+                local_files_only=local_files_only,
+            )
+
+        config = json.loads(Path(fetch(constants.CONFIG_NAME)).read_text())
+        arguments = migrate_hparams({**config, **model_kwargs})
+        check_model_config(arguments)
+        takes = inspect.signature(cls.__init__).parameters
+        model = cls(**{key: value for key, value in arguments.items() if key in takes})
+        weights = load_file(fetch(constants.SAFETENSORS_SINGLE_FILE), device=str(map_location))
+        model.load_state_dict(migrate_state_dict(weights, model.hparams.network), strict=strict)
+        return model
 
     # --- the model -------------------------------------------------------------------------
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """mu and log sigma^2 of q(z|x), each (batch, latent_dim)."""
-        x = self._in_memory_format(x)
-        if self.hierarchy is not None:
-            return self.hierarchy.encode(x)
-        return self.encoder(x)
+        """mu and log sigma^2 of q(z|x) (of the top layer, in a hierarchy), each (batch,
+        latent_dim)."""
+        return self.posterior.gaussian(self.network.encode(self._in_memory_format(x)))
 
     def _in_memory_format(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -198,17 +221,15 @@ class VAE(
         return x
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The mean of p(x|z): images (batch, C, H, W) in [0, 1]."""
-        if self.hierarchy is not None:
-            return self.likelihood.mean(self.hierarchy.decode(z))
-        return self.likelihood.mean(self.decoder(z))
+        """The mean of p(x|z): images (batch, C, H, W) in [0, 1] (in a hierarchy, with every
+        layer below the top at its prior mean)."""
+        return self.likelihood.mean(self.network.decode(z))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """The mean of p(x|z) at z = E_q[z]: the deterministic reconstruction shown in grids."""
-        if self.hierarchy is not None:
-            x = self._in_memory_format(x)
-            return self.likelihood.mean(self.hierarchy.posterior_path(x)[0])
-        return self.decode(self.encode(x)[0])
+        """The mean of p(x|z) at z = E_q[z] (every layer's, in a hierarchy): the deterministic
+        reconstruction shown in grids."""
+        x = self._in_memory_format(x)
+        return self.likelihood.mean(self.network.reconstruct(x, self.parts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`model(x)` is `reconstruct(x)`; with `example_input_array`, it gives Lightning's model
@@ -221,78 +242,34 @@ class VAE(
         """Decodings of n draws from the prior; the same generator state gives the same draws.
         A temperature below 1 scales the prior's draws (every layer's, in a hierarchy) towards
         their means: fewer, cleaner modes (NVAE and VDVAE show samples at 0.6 to 0.9)."""
-        if self.hierarchy is not None:
-            return self.likelihood.mean(self.hierarchy.sample(n, generator, temperature))
-        z = self.prior.sample(n, generator)
-        return self.decode(z if temperature == 1 else temperature * z)
+        params = self.network.sample(n, self.parts, generator, temperature)
+        return self.likelihood.mean(params)
 
     def elbo_terms(self, x: torch.Tensor) -> ELBOTerms:
-        """recon = -log p(x|z) at one z ~ q(z|x) and KL(q(z|x) || p(z)), per image (for a
+        """recon = -log p(x|z) at one z ~ q(z|x) and KL(q(z|x) || p(z)), per image (in a
         hierarchy: the sum of the layers' KLs, and each layer's in kl_per_layer)."""
-        if self.hierarchy is not None:
-            return self.hierarchy.elbo_terms(self._in_memory_format(x), self.likelihood)
-        mu, logvar = self.encode(x)
-        z = reparameterize(mu, logvar)
-        if self.prior.analytic_kl:
-            kl_per_dim = self.prior.kl_per_dim(mu, logvar, z)
-            kl = kl_per_dim.sum(dim=-1)
-        else:  # a Monte Carlo KL of the whole z; per dimension it does not add up (free bits)
-            kl_per_dim, kl = None, self.prior.kl(mu, logvar, z)
-        return ELBOTerms(
-            -self.likelihood.log_prob(self.decoder(z), x), kl, kl_per_dim, mu, logvar, z
-        )
+        return self.network.elbo_terms(self._in_memory_format(x), self.parts)
 
     def log_importance_weights(
         self, x: torch.Tensor, k: int, stop_posterior_grad: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """log p(x, z_i) - log q(z_i|x) for k draws z_i ~ q(z|x) per image (k, batch), and z (of
+        """log p(x, z_i) - log q(z_i|x) for k draws z_i ~ q(z|x) per image (k, batch), and z (in
         a hierarchy: every layer's draws, flattened and concatenated)."""
-        if self.hierarchy is not None:
-            return self.hierarchy.log_importance_weights(
-                self._in_memory_format(x), k, self.likelihood, stop_posterior_grad
-            )
-        mu, logvar = self.encode(x)
-        return log_importance_weights(
-            self.likelihood,
-            self.decoder,
-            x,
-            mu,
-            logvar,
-            k,
-            self.prior.log_prob,
-            stop_posterior_grad,
-        )
+        x = self._in_memory_format(x)
+        return self.network.log_importance_weights(x, k, self.parts, stop_posterior_grad)
 
     def kl_per_dim(self, x: torch.Tensor) -> torch.Tensor:
-        """KL(q(z_d|x) || p(z_d)) of each latent dimension d, per image (batch, latent_dim).
-
-        A prior without a closed-form KL is estimated at draws of a generator of its own, so
-        drawing pictures or metrics does not move the random stream that training uses."""
-        return self._kl_per_dim(*self.encode(x))
-
-    def _kl_per_dim(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        z = None
-        if not self.prior.analytic_kl:
-            generator = torch.Generator(mu.device).manual_seed(0)
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            z = mu + eps * (0.5 * logvar).exp()
-        return self.prior.kl_per_dim(mu, logvar, z)
+        """KL(q(z_d|x) || p(z_d)) of each latent dimension d, per image (batch, latent_dim); a
+        prior without a closed-form KL is estimated at draws that leave training's random stream
+        where it was (Prior.reported_kl_per_dim)."""
+        return self.prior.reported_kl_per_dim(*self.encode(x))
 
     def posterior_by_layer(self, x: torch.Tensor) -> list[LayerPosterior]:
         """Each stochastic layer's posterior mean and KL per latent dimension, bottom first, from
         one pass over x. A map layer's dimension is a channel, its KL summed over the positions;
         in a hierarchy both are taken along the posterior means (z_>l at E_q), so the numbers
         are deterministic."""
-        if self.hierarchy is None:
-            mu, logvar = self.encode(x)
-            return [LayerPosterior(mu, self._kl_per_dim(mu, logvar))]
-        _, steps = self.hierarchy.posterior_path(self._in_memory_format(x))
-        return [
-            LayerPosterior(
-                step.z.flatten(1), per_channel(gaussian_kl_per_dim(*step.posterior, *step.prior))
-            )
-            for step in steps
-        ]
+        return self.network.posterior_by_layer(self._in_memory_format(x), self.parts)
 
     # --- training ----------------------------------------------------------------------------
 
@@ -352,8 +329,7 @@ class VAE(
         if stage == "train":
             if self.hparams.kl_warmup > 0:  # otherwise beta is a constant, in the hparams
                 logged["train/beta"] = state.kl_weight
-            if hasattr(self.likelihood, "sigma"):
-                logged["train/gaussian_sigma"] = self.likelihood.sigma.detach().mean()
+            logged |= {f"train/{name}": value for name, value in self.likelihood.logged().items()}
             if self.hparams.grad_skip_threshold > 0:
                 logged["train/skipped_updates"] = self.skipped_updates.float()
         # Logged as tensors: Lightning reduces them on its own schedule, with no host sync here.

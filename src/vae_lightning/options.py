@@ -4,13 +4,11 @@ They live here, not beside the code that uses them, because that code imports to
 objectives/ and data/ packages on import) while config.py checks a command line against them
 before torch is imported, to refuse a bad command in well under torch's own import time."""
 
-LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")  # elbo.py: p(x|z)
-SIGMA_PER = ("image", "channel")  # elbo.py: what a learned Gaussian sigma is shared over
-NETWORKS = ("mlp", "conv", "hierarchical")  # networks.py, hierarchical.py
-PRIORS = ("standard", "vamp")  # priors.py
-ESTIMATORS = ("standard", "dreg")  # objectives/iwae.py: the IWAE gradient estimators
-SAMPLING = ("mws", "mss")  # objectives/beta_tc.py: minibatch weighted or stratified sampling
-VARIANTS = ("i", "ii")  # objectives/dip.py: DIP-VAE-I or -II
+from importlib.resources import files
+from typing import Any
+
+from omegaconf import OmegaConf
+
 METRICS = ("beta_vae", "factor_vae", "mig", "sap", "dci")  # disentanglement.py
 DCI_REGRESSORS = ("gbt", "lasso")  # disentanglement.py: DCI's importance regressor
 UNREADABLE = ("skip", "stop")  # data/images.py: what to do with a file that cannot be decoded
@@ -26,3 +24,9 @@ def conv_downsampling(image_shape: tuple[int, int, int], n_layers: int) -> tuple
             f"{factor}, got {height}x{width}"
         )
     return height // factor, width // factor
+
+
+def part_config(part: str, option: str) -> dict[str, Any]:
+    """conf/model/<part>/<option>.yaml as a plain dict: a part's config as conf/ gives it."""
+    path = files("vae_lightning.conf").joinpath("model", part, f"{option}.yaml")
+    return OmegaConf.to_container(OmegaConf.load(str(path)))

@@ -21,7 +21,11 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vae_lightning.errors import ConfigError
+from vae_lightning.likelihoods import Likelihood
+from vae_lightning.networks import Network
 from vae_lightning.objectives import Objective
+from vae_lightning.posteriors import Posterior
+from vae_lightning.priors import Prior
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,10 @@ class Family:
 OPTIMIZERS = Family("torch.optim", torch.optim.Optimizer)
 SCHEDULERS = Family("torch.optim.lr_scheduler", torch.optim.lr_scheduler.LRScheduler)
 OBJECTIVES = Family("vae_lightning.objectives", Objective)
+NETWORKS = Family("vae_lightning.networks", Network)
+POSTERIORS = Family("vae_lightning.posteriors", Posterior)
+PRIORS = Family("vae_lightning.priors", Prior)
+LIKELIHOODS = Family("vae_lightning.likelihoods", Likelihood)
 DATA_MODULES = Family("vae_lightning.data", L.LightningDataModule)
 
 
@@ -114,8 +122,16 @@ def checkpoint_hyperparameters(
 
 
 def check_model_config(hparams: dict[str, Any]) -> None:
-    """The VAE's arguments read from a checkpoint or a Hub folder's config.json: the objective
-    one of the project's, the optimiser and scheduler torch's, and no code named elsewhere."""
-    families = {"objective": OBJECTIVES, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS}
+    """The VAE's arguments read from a checkpoint or a Hub folder's config.json: each part one of
+    the project's, the optimiser and scheduler torch's, and no code named elsewhere."""
+    families = {
+        "network": NETWORKS,
+        "posterior": POSTERIORS,
+        "prior": PRIORS,
+        "likelihood": LIKELIHOODS,
+        "objective": OBJECTIVES,
+        "optimizer": OPTIMIZERS,
+        "scheduler": SCHEDULERS,
+    }
     for name, value in hparams.items():
         check_targets(f"model.{name}", value, families.get(name))

@@ -10,16 +10,28 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning.errors import ConfigError
+from vae_lightning.legacy import migrate_hparams
 from vae_lightning.module import VAE
 from vae_lightning.registry import DATA_MODULES, check_targets
 
 log = logging.getLogger(__name__)
 
-# The model hyperparameters that fix the shapes of the weights in a checkpoint.
-SHAPE_HPARAMS = (
-    *("network", "latent_dim", "hidden_dims", "dense_dim", "prior", "n_pseudo_inputs"),
-    *("n_layers", "latent_dims", "layer_channels"),  # of the hierarchical network
-)
+# The model's arguments that fix the shapes of the weights in a checkpoint: its parts' whole
+# configs (a likelihood's too: the channels the decoder gives depend on it).
+SHAPE_HPARAMS = ("network", "posterior", "prior", "likelihood", "latent_dim")
+
+
+def _leaves(model: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The values of SHAPE_HPARAMS by dotted key, a part's each of its own: a mismatch is named
+    by the key a user sets (model.network.n_layers), not by the whole part."""
+    leaves = {}
+    for key in SHAPE_HPARAMS:
+        value = model.get(key)
+        if isinstance(value, dict):
+            leaves |= {f"{prefix}.{key}.{k}": v for k, v in value.items()}
+        else:
+            leaves[f"{prefix}.{key}"] = value
+    return leaves
 
 
 def run_dir_of(ckpt_path: str | Path) -> Path:
@@ -93,21 +105,15 @@ def checkpoint_to_resume(cfg: DictConfig, image_shape: tuple[int, int, int]) -> 
             ckpt_path, hparams = str(intact[0]), intact[1]
     if hparams is None:
         raise ConfigError("ckpt_path", ckpt_path, f"not a checkpoint; {allowed}")
-    hierarchical = cfg.model.network == "hierarchical"
-    unused = {
-        "dense_dim": cfg.model.network != "conv",
-        "n_pseudo_inputs": cfg.model.prior != "vamp",
-        **dict.fromkeys(("n_layers", "latent_dims", "layer_channels"), not hierarchical),
-    }
-    keys = [key for key in SHAPE_HPARAMS if not unused.get(key)]
-    configured = {f"model.{key}": cfg.model.get(key) for key in keys}
-    saved = {f"model.{key}": hparams.get(key) for key in keys}
+    model = migrate_hparams(OmegaConf.to_container(cfg.model, resolve=True))
+    saved_model = migrate_hparams(hparams)
+    configured, saved = _leaves(model, "model"), _leaves(saved_model, "model")
     configured["data.image_shape"] = image_shape
     saved["data.image_shape"] = hparams.get("image_shape")
     for key, value in configured.items():
-        if _plain(value) != _plain(saved[key]):
+        if _plain(value) != _plain(saved.get(key)):
             raise ConfigError(
-                key, _plain(value), f"the checkpoint {ckpt_path} has {key}={_plain(saved[key])}"
+                key, _plain(value), f"the checkpoint {ckpt_path} has {key}={_plain(saved.get(key))}"
             )
     return ckpt_path
 

@@ -19,8 +19,10 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
+from torchvision.datasets.folder import find_classes
 
 from vae_lightning.data.cache import images_problem, load_checked, one_line, save_images
+from vae_lightning.data.classes import CLASS_NAMES
 from vae_lightning.data.in_memory import Batch, InMemoryDataModule, InMemoryImages, split_off
 from vae_lightning.data.sources import ImageFiles, Source, UnreadableImage, find_source
 from vae_lightning.errors import ConfigError, UnreadableImageError
@@ -137,6 +139,8 @@ class ImageDataModule(InMemoryDataModule):
     images with the grey values as probabilities: afresh for each training batch, and one fixed
     draw for validation and test so their losses compare across epochs. `unreadable`: what to do
     with a file of an image folder that cannot be decoded, "skip" it (one warning) or "stop".
+    `labelled`: keep that many training labels, balanced over the classes (see
+    InMemoryDataModule.with_labels_hidden); None keeps all.
     """
 
     def __init__(
@@ -157,15 +161,16 @@ class ImageDataModule(InMemoryDataModule):
         eval_batch_size: int = 500,
         num_workers: int = 0,
         unreadable: str = "skip",
+        labelled: int | None = None,
     ):
-        super().__init__(batch_size, eval_batch_size, num_workers)
+        super().__init__(batch_size, eval_batch_size, num_workers, labelled, seed)
         if unreadable not in UNREADABLE:
             raise ConfigError("data.unreadable", unreadable, " or ".join(UNREADABLE))
         self.name, self.root, self.cache_dir = name, Path(root), Path(cache_dir)
         self.image_size, self.channels = image_size, channels
         self.download, self.in_memory, self.binarize = download, in_memory, binarize
         self.size, self.val_fraction, self.test_fraction = size, val_fraction, test_fraction
-        self.seed, self.unreadable = seed, unreadable
+        self.unreadable = unreadable
         self.eval_threshold: torch.Tensor | None = None
 
     @property
@@ -177,6 +182,16 @@ class ImageDataModule(InMemoryDataModule):
         if self.name == "celeba":  # 40 binary attributes
             return tuple(f"attribute {i}" for i in range(40))
         return ("class",)
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The set's class names; a folder's are its subfolders' (None without subfolders)."""
+        if self.name != "folder":
+            return CLASS_NAMES.get(self.name)
+        try:
+            return tuple(find_classes(str(self.root))[0])
+        except FileNotFoundError:
+            return None
 
     def cache_path(self, source: Source, split: str) -> Path:
         where = hashlib.sha1(source.location.encode()).hexdigest()[:8]

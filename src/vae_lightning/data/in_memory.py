@@ -24,6 +24,9 @@ from torch.utils.data import (
     default_collate,
 )
 
+from vae_lightning.data.classes import UNLABELLED, balanced_subset
+from vae_lightning.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -74,6 +77,28 @@ class ItemsByBatch(Dataset):
         return default_collate([self.items[i] for i in torch.as_tensor(indices).tolist()])
 
 
+class Relabelled(Dataset):
+    """A dataset of single (image, label) items with other labels: `labels[i]` for item i."""
+
+    def __init__(self, items: Dataset, labels: torch.Tensor):
+        self.items, self.labels = items, labels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, _ = self.items[index]
+        return image, self.labels[index]
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """The labels of a split's items, read without decoding its images: those of InMemoryImages
+    and of the per-sample datasets that keep them as `labels` (image folders), through Subsets."""
+    if isinstance(dataset, Subset):
+        return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    return dataset.labels
+
+
 def split_off(dataset: Dataset, n_held_out: int, seed: int) -> tuple[Dataset, Dataset]:
     """A fixed random split into (rest, held out) of n_held_out items; the same for a seed."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
@@ -89,7 +114,7 @@ class IndexBatches(Sampler):
     Instead of BatchSampler over RandomSampler, which builds a Python list of ints per batch
     that the dataset turns back into a tensor at every step.
 
-    Epoch e's order is the (e+1)-th permutation the generator draws from the state it came with,
+    Epoch e's order is the (e+1)-th epoch's draw the generator makes from the state it came with,
     so the order of an epoch is known from its number alone (Lightning calls `set_epoch` before
     each epoch; without it, each iteration is the next epoch). Resumable: `state_dict` holds the
     epoch and how many of its batches were handed out; after `load_state_dict` the next iteration
@@ -124,28 +149,73 @@ class IndexBatches(Sampler):
         self.epoch, self.skip = int(state["epoch"]), int(state["taken"])
         self.current, self.taken = self.epoch, self.skip
 
-    def order(self, epoch: int) -> torch.Tensor:
-        """The permutation of `epoch` (0..n-1 without shuffling)."""
+    def batches(self, epoch: int) -> tuple[torch.Tensor, ...]:
+        """The batches of `epoch` (of 0..n-1 in order without shuffling)."""
         if not self.shuffle:
-            return torch.arange(self.n)
+            return torch.arange(self.n).split(self.batch_size)
         if epoch < self.drawn:  # an earlier epoch: draw again from the start
             self.generator.set_state(self.initial_state)
             self.drawn = 0
         while True:
-            order = torch.randperm(self.n, generator=self.generator)
+            batches = self.draw()
             self.drawn += 1
             if self.drawn > epoch:
-                return order
+                return batches
+
+    def draw(self) -> tuple[torch.Tensor, ...]:
+        """One epoch's batches, drawn from the generator: slices of a permutation."""
+        return torch.randperm(self.n, generator=self.generator).split(self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         if self.skip >= len(self):  # the restored epoch was used up: the next one
             self.epoch, self.skip = self.epoch + 1, 0
         epoch, skip = self.epoch, self.skip
         self.skip = 0
-        batches = self.order(epoch).split(self.batch_size)
+        batches = self.batches(epoch)
         self.current, self.taken = epoch, skip
         self.epoch = epoch + 1  # where a next iteration goes unless set_epoch says otherwise
         yield from batches[skip:]
+
+
+class MixedIndexBatches(IndexBatches):
+    """Shuffled batches of a split of which only some images are labelled (data.labelled), each
+    batch holding labelled and unlabelled ones, as semi-supervised training (M2) needs: an epoch
+    is one pass over the unlabelled images, and each batch also holds `per_batch` labelled ones,
+    their share of the split rounded up (at least one), taken from permutations of the labelled
+    images drawn anew as each is used up (a new epoch starts a new one). The labelled ones come
+    first in a batch. An epoch's draw is known from its number, as IndexBatches' is, so its
+    batches resume alike."""
+
+    def __init__(
+        self,
+        labelled: torch.Tensor,
+        unlabelled: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator,
+    ):
+        n = len(labelled) + len(unlabelled)
+        super().__init__(n, batch_size, shuffle=True, generator=generator)
+        self.labelled, self.unlabelled = labelled, unlabelled
+        self.per_batch = min(batch_size - 1, -(-batch_size * len(labelled) // n))
+
+    def __len__(self) -> int:
+        return -(-len(self.unlabelled) // (self.batch_size - self.per_batch))
+
+    def draw(self) -> tuple[torch.Tensor, ...]:
+        shuffled = self.unlabelled[torch.randperm(len(self.unlabelled), generator=self.generator)]
+        unlabelled = shuffled.split(self.batch_size - self.per_batch)
+        needed = len(unlabelled) * self.per_batch
+        cycles = -(-needed // len(self.labelled))
+        labelled = torch.cat(
+            [
+                self.labelled[torch.randperm(len(self.labelled), generator=self.generator)]
+                for _ in range(cycles)
+            ]
+        )
+        return tuple(
+            torch.cat(pair)
+            for pair in zip(labelled[:needed].split(self.per_batch), unlabelled, strict=True)
+        )
 
 
 class ResumableDataLoader(DataLoader):
@@ -187,12 +257,24 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
     # the grid indices of the named factors of variation, one label column each.
     label_names: tuple[str, ...] = ("class",)
     labels_are_factors: bool = False
+    # The label that is the class (of `label_names`), and the names of the classes, in the order
+    # of their indices; None where the labels have no classes.
+    class_label: str = "class"
+    class_names: tuple[str, ...] | None = None
 
-    def __init__(self, batch_size: int = 128, eval_batch_size: int = 500, num_workers: int = 0):
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int = 500,
+        num_workers: int = 0,
+        labelled: int | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        self.labelled, self.seed = labelled, seed
         self.splits: dict[str, Dataset] | None = None
 
     @property
@@ -206,7 +288,43 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
-            self.splits = self.load_splits()
+            splits = self.load_splits()
+            if self.labelled is not None:
+                splits["train"] = self.with_labels_hidden(splits["train"])
+            self.splits = splits
+
+    def classes(self, labels: torch.Tensor) -> torch.Tensor:
+        """The class index of each image (a view of `labels`, its `class_label` column)."""
+        return labels if labels.ndim == 1 else labels[:, self.label_names.index(self.class_label)]
+
+    def with_labels_hidden(self, train: Dataset) -> Dataset:
+        """The training split with the class of all but `labelled` images, balanced over the
+        classes and drawn with the data's seed, set to UNLABELLED (-1); other label columns (the
+        shapes' other factors) are kept. A ConfigError for data.labelled or data.batch_size
+        where that cannot be (no classes, too many labels, batches too small to mix)."""
+        if self.class_names is None:
+            raise ConfigError(
+                "data.labelled",
+                self.labelled,
+                "null: these images have no classes (e.g. CelebA's attributes, a folder without "
+                "subfolders)",
+            )
+        if self.batch_size < 2:
+            raise ConfigError(
+                "data.batch_size",
+                self.batch_size,
+                "at least 2 with data.labelled: each batch holds labelled and unlabelled images",
+            )
+        labels = labels_of(train).clone()
+        classes = self.classes(labels)
+        # a seed apart from the splits' (seed, seed + 1, seed + 2)
+        kept = balanced_subset(classes, self.labelled, self.class_names, self.seed + 3)
+        hidden = torch.ones(len(classes), dtype=torch.bool)
+        hidden[kept] = False
+        classes[hidden] = UNLABELLED
+        if isinstance(train, InMemoryImages):
+            return InMemoryImages(train.images, labels)
+        return Relabelled(train, labels)
 
     def split(self, name: str) -> Dataset:
         self.setup()
@@ -239,7 +357,7 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
         # alike in all processes (seed_everything ran in each) makes that order the same for all,
         # so the shards are disjoint. It advances each epoch, so epochs are still shuffled apart.
         generator = torch.Generator().manual_seed(torch.initial_seed())
-        batches = IndexBatches(len(dataset), batch_size, shuffle, generator)
+        batches = self.index_batches(name, batch_size, shuffle, generator)
         # A generator of its own for the seed DataLoader draws at every iter() (for its workers'
         # seeds): drawn from the global one, it would make the random states of training depend
         # on when Lightning calls iter(), which differs on resume.
@@ -252,6 +370,19 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
             num_workers=workers,
             persistent_workers=workers > 0,
         )
+
+    def index_batches(
+        self, name: str, batch_size: int, shuffle: bool, generator: torch.Generator
+    ) -> IndexBatches:
+        """The sampler of a split's batches; of labelled and unlabelled images mixed where some
+        of its labels are hidden (data.labelled)."""
+        split = self.split(name)
+        if shuffle and self.labelled is not None:
+            hidden = self.classes(labels_of(split)) == UNLABELLED
+            if hidden.any():
+                labelled, unlabelled = (~hidden).nonzero()[:, 0], hidden.nonzero()[:, 0]
+                return MixedIndexBatches(labelled, unlabelled, batch_size, generator)
+        return IndexBatches(len(split), batch_size, shuffle, generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

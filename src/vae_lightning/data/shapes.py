@@ -105,11 +105,13 @@ def sample_factor_indices(n: int | None, seed: int) -> torch.Tensor:
 class ShapesDataModule(InMemoryDataModule):
     """`size` images from the factor grid (None: all 737,280), split into train, val and test;
     labelled by their factor indices. With `cache_dir`, rendered once into a cache file there
-    (one per size, image size and seed) that later runs load; without, rendered at every run."""
+    (one per size, image size and seed) that later runs load; without, rendered at every run.
+    The class is the shape: `labelled` keeps that many shapes known, balanced over the three."""
 
     label_names = FACTOR_NAMES
     labels_are_factors = True
     factor_sizes = FACTOR_SIZES
+    class_label, class_names = "shape", SHAPES
 
     def __init__(
         self,
@@ -121,9 +123,10 @@ class ShapesDataModule(InMemoryDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 500,
         cache_dir: str | None = None,
+        labelled: int | None = None,
     ):
-        super().__init__(batch_size, eval_batch_size)
-        self.size, self.image_size, self.seed = size, image_size, seed
+        super().__init__(batch_size, eval_batch_size, labelled=labelled, seed=seed)
+        self.size, self.image_size = size, image_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
 

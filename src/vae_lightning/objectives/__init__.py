@@ -2,7 +2,7 @@
 and the extra values it logs. `model.objective` picks one (conf/model/objective/, one file here
 each); the default, `elbo`, is the beta-weighted single-sample ELBO; `iwae` the
 importance-weighted bound (standard or DReG gradient); `beta_tc`, `factor`, `dip` and
-`capacity` the beta-VAE family.
+`capacity` the beta-VAE family; `mmd` WAE-MMD and InfoVAE.
 
 An objective reads the model only through two methods, so that every model (the one-layer VAE,
 the hierarchical one) trains with every objective that makes sense for it:
@@ -28,11 +28,13 @@ from vae_lightning.objectives.dip import DIPVAE
 from vae_lightning.objectives.elbo import ELBO
 from vae_lightning.objectives.factor import FactorVAE
 from vae_lightning.objectives.iwae import IWAE
+from vae_lightning.objectives.mmd import MMD
 
 __all__ = [
     "DIPVAE",
     "ELBO",
     "IWAE",
+    "MMD",
     "BetaTC",
     "Capacity",
     "FactorVAE",

@@ -17,9 +17,12 @@ from typing import Any
 
 import torch
 
+from vae_lightning.checks import non_negative, require
 from vae_lightning.elbo import diagonal_gaussian_log_prob
 from vae_lightning.objectives.base import Objective, ObjectiveOutput, TrainingState
-from vae_lightning.options import SAMPLING
+
+# How q(z) is estimated from a minibatch: minibatch weighted or stratified sampling.
+SAMPLING = ("mws", "mss")
 
 
 def log_aggregate_weights(
@@ -96,8 +99,7 @@ def decompose_kl(
 
 def _non_negative(**values: float) -> None:
     for name, value in values.items():
-        if not value >= 0:
-            raise ValueError(f"{name} must be a non-negative number, got {value}")
+        require(non_negative(value), f"model.objective.{name}", value, "a number >= 0, e.g. 1")
 
 
 class BetaTC(Objective):
@@ -117,8 +119,8 @@ class BetaTC(Objective):
     ):
         super().__init__()
         _non_negative(alpha=alpha, beta=beta, gamma=gamma)
-        if sampling not in SAMPLING:
-            raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
+        allowed = f"one of {', '.join(SAMPLING)}"
+        require(sampling in SAMPLING, "model.objective.sampling", sampling, allowed)
         self.alpha, self.beta, self.gamma, self.sampling = alpha, beta, gamma, sampling
 
     def forward(self, model: Any, x: torch.Tensor, state: TrainingState) -> ObjectiveOutput:

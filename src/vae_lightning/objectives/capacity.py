@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from vae_lightning.checks import is_int, is_number, non_negative, require
 from vae_lightning.objectives.base import Objective, ObjectiveOutput, TrainingState
 
 
@@ -39,11 +40,13 @@ class Capacity(Objective):
         c_min: float = 0.0,
     ):
         super().__init__()
-        for name, value in (("gamma", gamma), ("c_min", c_min), ("n_steps", n_steps)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value}")
-        if not c_max >= c_min:
-            raise ValueError(f"c_max must be at least c_min ({c_min}), got {c_max}")
+        for name, value in (("gamma", gamma), ("c_min", c_min)):
+            require(non_negative(value), f"model.objective.{name}", value, "a number >= 0")
+        require(
+            is_int(n_steps) and n_steps >= 0, "model.objective.n_steps", n_steps, "an integer >= 0"
+        )
+        at_least = f"a number >= model.objective.c_min={c_min}"
+        require(is_number(c_max) and c_max >= c_min, "model.objective.c_max", c_max, at_least)
         self.gamma, self.c_max, self.n_steps, self.c_min = gamma, c_max, int(n_steps), c_min
 
     def capacity(self, step: int) -> float:

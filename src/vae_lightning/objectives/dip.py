@@ -19,8 +19,10 @@ from typing import Any
 
 import torch
 
+from vae_lightning.checks import non_negative, require
 from vae_lightning.objectives.base import Objective, ObjectiveOutput, TrainingState
-from vae_lightning.options import VARIANTS
+
+VARIANTS = ("i", "ii")  # DIP-VAE-I or -II
 
 # Kumar et al.: lambda_d = 10 lambda_od for DIP-VAE-I, lambda_d = lambda_od for DIP-VAE-II.
 LAMBDA_D_FACTOR = {"i": 10.0, "ii": 1.0}
@@ -55,14 +57,11 @@ class DIPVAE(Objective):
 
     def __init__(self, variant: str = "ii", lambda_od: float = 10.0, lambda_d: float | None = None):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        if not lambda_od >= 0:
-            raise ValueError(f"lambda_od must be a non-negative number, got {lambda_od}")
+        require(variant in VARIANTS, "model.objective.variant", variant, "one of i, ii")
+        require(non_negative(lambda_od), "model.objective.lambda_od", lambda_od, "a number >= 0")
         if lambda_d is None:
             lambda_d = LAMBDA_D_FACTOR[variant] * lambda_od
-        if not lambda_d >= 0:
-            raise ValueError(f"lambda_d must be a non-negative number, got {lambda_d}")
+        require(non_negative(lambda_d), "model.objective.lambda_d", lambda_d, "a number >= 0")
         self.variant, self.lambda_od, self.lambda_d = variant, lambda_od, lambda_d
 
     def forward(self, model: Any, x: torch.Tensor, state: TrainingState) -> ObjectiveOutput:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from vae_lightning.checks import is_number, non_negative, positive, positive_int, require
 from vae_lightning.elbo import ELBOTerms
 from vae_lightning.objectives.base import Objective, ObjectiveOutput, TrainingState
 
@@ -83,10 +84,9 @@ class FactorVAELosses(NamedTuple):
     logged: dict[str, torch.Tensor]
 
 
-def _check(**checks: tuple[Any, bool]) -> None:
-    for name, (value, ok) in checks.items():
-        if not ok:
-            raise ValueError(f"invalid {name}: {value!r}")
+def _check(**checks: tuple[Any, bool, str]) -> None:
+    for name, (value, ok, allowed) in checks.items():
+        require(ok, f"model.objective.{name}", value, allowed)
 
 
 class FactorVAE(Objective):
@@ -114,12 +114,24 @@ class FactorVAE(Objective):
         super().__init__()
         betas = tuple(discriminator_betas)
         _check(
-            latent_dim=(latent_dim, latent_dim >= 1),
-            gamma=(gamma, gamma >= 0),
-            discriminator_hidden=(discriminator_hidden, discriminator_hidden >= 1),
-            discriminator_layers=(discriminator_layers, discriminator_layers >= 1),
-            discriminator_lr=(discriminator_lr, discriminator_lr > 0),
-            discriminator_betas=(betas, len(betas) == 2 and all(0 <= b < 1 for b in betas)),
+            latent_dim=(latent_dim, positive_int(latent_dim), "a positive integer"),
+            gamma=(gamma, non_negative(gamma), "a number >= 0, e.g. 35"),
+            discriminator_hidden=(
+                discriminator_hidden,
+                positive_int(discriminator_hidden),
+                "e.g. 1000",
+            ),
+            discriminator_layers=(
+                discriminator_layers,
+                positive_int(discriminator_layers),
+                "e.g. 6",
+            ),
+            discriminator_lr=(discriminator_lr, positive(discriminator_lr), "a number > 0"),
+            discriminator_betas=(
+                list(betas),
+                len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
+                "two numbers in [0, 1), e.g. [0.5,0.9]",
+            ),
         )
         self.gamma = gamma
         self.discriminator_lr = discriminator_lr

@@ -6,8 +6,11 @@ from typing import Any
 
 import torch
 
+from vae_lightning.checks import positive_int, require
 from vae_lightning.objectives.base import Objective, ObjectiveOutput, TrainingState
-from vae_lightning.options import ESTIMATORS
+
+# The IWAE gradient estimators: the standard one, or the doubly reparameterised (DReG).
+ESTIMATORS = ("standard", "dreg")
 
 
 class IWAE(Objective):
@@ -49,10 +52,9 @@ class IWAE(Objective):
 
     def __init__(self, k: int = 5, estimator: str = "standard"):
         super().__init__()
-        if k < 1:
-            raise ValueError(f"IWAE: k must be >= 1, got {k}")
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"IWAE: estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        require(positive_int(k), "model.objective.k", k, "a positive integer of samples, e.g. 5")
+        allowed = f"one of {', '.join(ESTIMATORS)}"
+        require(estimator in ESTIMATORS, "model.objective.estimator", estimator, allowed)
         self.k = k
         self.estimator = estimator
 

@@ -1,15 +1,5 @@
-"""The prior p(z) of the VAE: the standard normal N(0, I), or the VampPrior (Tomczak & Welling
-2018), a mixture of the model's own posteriors at learned pseudo-inputs.
-
-Every prior has the same interface, which is all the model and the objectives use:
-
-- `log_prob(z)`: log p(z) summed over the last (latent) dim, any leading dims;
-- `sample(n, generator=None)`: n draws (n, latent_dim) on the prior's device, in its dtype;
-- `kl(mu, logvar, z)`: KL(q(z|x) || p(z)) per sample, in closed form when `analytic_kl`, else
-  the Monte Carlo estimate log q(z|x) - log p(z) at the posterior sample(s) z;
-- `kl_per_dim(mu, logvar, z)`: each latent dimension's KL to the prior's marginal in it, for
-  free bits, the KL-per-dimension chart and active units.
-"""
+"""The VampPrior (Tomczak & Welling 2018): a mixture of the model's own posteriors at learned
+pseudo-inputs."""
 
 import math
 from collections.abc import Callable
@@ -17,13 +7,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from vae_lightning.elbo import (
-    LOG_2PI,
-    diagonal_gaussian_log_prob,
-    gaussian_kl,
-    gaussian_kl_per_dim,
-)
-from vae_lightning.options import PRIORS
+from vae_lightning.checks import positive_int, require
+from vae_lightning.elbo import LOG_2PI, diagonal_gaussian_log_prob
+from vae_lightning.priors import Prior
 
 # Elements of one (rows, K, D) block in VampPrior.kl_per_dim: bounds its memory for any batch.
 PER_DIM_BLOCK_ELEMENTS = 2**24
@@ -32,46 +18,7 @@ PER_DIM_BLOCK_ELEMENTS = 2**24
 PSEUDO_INPUT_INIT_LOGIT_STD = 0.5
 
 
-class StandardPrior(nn.Module):
-    """p(z) = N(0, I): the KL to a diagonal Gaussian posterior is in closed form."""
-
-    analytic_kl = True
-
-    def __init__(self, latent_dim: int):
-        super().__init__()
-        self.latent_dim = latent_dim
-        # Holds no data: it follows .to() and .double(), so samples land on the right device and
-        # dtype; not persistent, so the state_dict stays empty.
-        self.register_buffer("anchor", torch.zeros(0), persistent=False)
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log N(z; 0, I) summed over the last dim: (..., D) -> (...)."""
-        return diagonal_gaussian_log_prob(z)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws (n, latent_dim); the same generator state gives the same draws."""
-        return torch.randn(
-            n,
-            self.latent_dim,
-            generator=generator,
-            dtype=self.anchor.dtype,
-            device=self.anchor.device,
-        )
-
-    def kl(
-        self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """KL(N(mu, sigma^2) || N(0, I)) in closed form, (batch,); z is not needed."""
-        return gaussian_kl(mu, logvar)
-
-    def kl_per_dim(
-        self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Each dimension's closed-form KL, (batch, latent_dim); they sum to `kl`."""
-        return gaussian_kl_per_dim(mu, logvar)
-
-
-class VampPrior(nn.Module):
+class VampPrior(Prior):
     """The VampPrior (Tomczak & Welling 2018, "VAE with a VampPrior"):
 
         p(z) = (1/K) sum_k q(z | u_k),
@@ -108,8 +55,12 @@ class VampPrior(nn.Module):
         n_pseudo_inputs: int = 500,
     ):
         super().__init__()
-        if n_pseudo_inputs < 1:
-            raise ValueError(f"n_pseudo_inputs must be >= 1, got {n_pseudo_inputs}")
+        require(
+            positive_int(n_pseudo_inputs),
+            "model.prior.n_pseudo_inputs",
+            n_pseudo_inputs,
+            "a positive integer, e.g. 500",
+        )
         # object.__setattr__ bypasses nn.Module's registration even when encode is a Module.
         object.__setattr__(self, "encode", encode)
         self.image_shape = tuple(image_shape)
@@ -182,18 +133,3 @@ class VampPrior(nn.Module):
             log_density = -0.5 * ((block[:, None] - mu).pow(2) * precision + logvar + LOG_2PI)
             blocks.append(torch.logsumexp(log_density, dim=1))
         return (torch.cat(blocks) - math.log(len(mu))).view(z.shape)
-
-
-def build_prior(
-    name: str,
-    encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    image_shape: tuple[int, int, int],
-    latent_dim: int,
-    n_pseudo_inputs: int = 500,
-) -> nn.Module:
-    """The prior named by `model.prior`; encode and n_pseudo_inputs matter to "vamp" only."""
-    if name == "standard":
-        return StandardPrior(latent_dim)
-    if name == "vamp":
-        return VampPrior(encode, image_shape, latent_dim, n_pseudo_inputs)
-    raise ValueError(f"prior must be one of {PRIORS}, got {name!r}")

@@ -14,9 +14,12 @@ corrected by what the image says.
 - layers 1..L-1 are maps of `latent_dims[l]` channels at the resolution the bottom-up stem
   reaches (H / 2^len(hidden_dims)), each with its own channel width.
 
-`Hierarchy` holds the algorithm and reads its parts only through `LatentLayer`'s three methods,
-so a model of linear maps (tests/test_hierarchical.py's exact linear-Gaussian hierarchy) runs
-through the same code as the convolutional one.
+`Hierarchy` holds the algorithm, behind the same interface as the one-layer networks (the
+package docstring), and reads its parts only through `LatentLayer`'s three methods, so a model of
+linear maps (tests/test_hierarchical.py's exact linear-Gaussian hierarchy) runs through the same
+code as the convolutional one, `HierarchicalNetwork` (`model.network=hierarchical`). Its priors
+and posteriors are its own, Gaussian, layer by layer: the model's posterior and prior parts must
+be the diagonal Gaussian and N(0, I), the top layer's (config.py says so in one line otherwise).
 """
 
 import math
@@ -28,7 +31,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from vae_lightning.checks import positive, positive_int, positive_ints, require
 from vae_lightning.elbo import ELBOTerms, diagonal_gaussian_log_prob, gaussian_kl_per_dim
+from vae_lightning.networks import LayerPosterior, Network, Parts
+from vae_lightning.networks.conv import check_conv_layers
 from vae_lightning.options import conv_downsampling
 
 Gaussian = tuple[torch.Tensor, torch.Tensor]  # (mu, log sigma^2), each shaped like z
@@ -87,7 +93,7 @@ def per_channel(values: torch.Tensor) -> torch.Tensor:
     return values.flatten(2).sum(2) if values.dim() > 2 else values
 
 
-class Hierarchy(nn.Module):
+class Hierarchy(Network):
     """The hierarchical latent model: `bottom_up(x)` gives the features [a_1, ..., a_L], `layers`
     (bottom first) the LatentLayers, `output(h)` the likelihood's parameters from the final
     state, `state_shape` the shape of the learned top state."""
@@ -139,10 +145,10 @@ class Hierarchy(nn.Module):
         and posterior means for pictures and metrics."""
         return self.descend(len(x), posterior_mean, self.bottom_up(x))
 
-    def encode(self, x: torch.Tensor) -> Gaussian:
-        """q(z_L | x) of the top layer (batch, latent_dims[-1])."""
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """q(z_L | x) of the top layer: its mu and log sigma^2 side by side (batch, 2 dims)."""
         top = self.top_state.expand(len(x), *self.top_state.shape)
-        return self.layers[-1].posterior(top, self.bottom_up(x)[-1])
+        return torch.cat(self.layers[-1].posterior(top, self.bottom_up(x)[-1]), dim=1)
 
     def decode(self, z_top: torch.Tensor) -> torch.Tensor:
         """The output parameters with z_L = z_top and every layer below at its prior mean."""
@@ -153,11 +159,27 @@ class Hierarchy(nn.Module):
 
         return self.descend(len(z_top), choose)[0]
 
-    def sample(self, n: int, generator=None, temperature: float = 1.0) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, parts: Parts) -> torch.Tensor:
+        return self.posterior_path(x)[0]
+
+    def sample(
+        self, n: int, parts: Parts, generator=None, temperature: float = 1.0
+    ) -> torch.Tensor:
         """Output parameters of n ancestral draws, each layer's prior sd times temperature."""
         return self.descend(n, lambda _, prior, __: draw(prior, temperature, generator))[0]
 
-    def elbo_terms(self, x: torch.Tensor, likelihood: nn.Module) -> ELBOTerms:
+    def posterior_by_layer(self, x: torch.Tensor, parts: Parts) -> list[LayerPosterior]:
+        """Each layer's posterior mean and per-channel KL along the posterior means (z_>l at
+        E_q), so the numbers are deterministic."""
+        _, steps = self.posterior_path(x)
+        return [
+            LayerPosterior(
+                step.z.flatten(1), per_channel(gaussian_kl_per_dim(*step.posterior, *step.prior))
+            )
+            for step in steps
+        ]
+
+    def elbo_terms(self, x: torch.Tensor, parts: Parts) -> ELBOTerms:
         """recon = -log p(x | z) at one draw per layer, and each layer's closed-form
         KL(q(z_l | x, z_>l) || p(z_l | z_>l)) at the draws above it: kl_per_layer (batch, L)
         sums to kl, kl_per_dim (batch, sum of latent_dims) holds each channel's share."""
@@ -165,14 +187,14 @@ class Hierarchy(nn.Module):
         kls = [gaussian_kl_per_dim(*step.posterior, *step.prior) for step in steps]
         kl_per_layer = torch.stack([kl.flatten(1).sum(1) for kl in kls], dim=1)
         return ELBOTerms(
-            recon=-likelihood.log_prob(output, x),
+            recon=-parts.likelihood.log_prob(output, x),
             kl=kl_per_layer.sum(1),
             kl_per_dim=torch.cat([per_channel(kl) for kl in kls], dim=1),
             kl_per_layer=kl_per_layer,
         )
 
     def log_importance_weights(
-        self, x: torch.Tensor, k: int, likelihood: nn.Module, stop_posterior_grad: bool = False
+        self, x: torch.Tensor, k: int, parts: Parts, stop_posterior_grad: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """log w_i = log p(x | z_i) + sum_l [log p(z_l,i | z_>l,i) - log q(z_l,i | x, z_>l,i)]
         for k draws of the whole hierarchy per image (k, batch), and the draws flattened and
@@ -200,7 +222,7 @@ class Hierarchy(nn.Module):
                 Step(p.prior, q.posterior, draw_)
                 for p, q, draw_ in zip(priors, posteriors, given, strict=True)
             ]
-        log_lik = likelihood.log_prob(output.view(k, *x.shape), x)
+        log_lik = parts.likelihood.log_prob(output.view(k, len(x), *output.shape[1:]), x)
         log_ratio = sum(
             log_density(step.z, step.prior) - log_density(step.z, step.posterior) for step in steps
         )
@@ -323,31 +345,50 @@ class BottomUp(nn.Module):
         return [*features, self.top(a)]
 
 
-def build_hierarchy(
-    image_shape: tuple[int, int, int],
-    latent_dims: Sequence[int],
-    widths: Sequence[int],
-    hidden_dims: Sequence[int],
-    logvar_bound: float,
-) -> Hierarchy:
-    """The convolutional hierarchy: len(latent_dims) layers, bottom first, of latent_dims[l]
-    channels (a vector at the top) and widths[l] channels of state; the stem and the output's
-    transposed convolutions have the channels hidden_dims (as the conv VAE's)."""
-    height, width = conv_downsampling(image_shape, len(hidden_dims))
-    widths = list(widths)
-    scale = 1 / math.sqrt(len(latent_dims))
-    below = [hidden_dims[-1], *widths[:-1]]  # the state width each layer hands down
-    layers: list[LatentLayer] = [
-        MapLayer(latent_dims[i], widths[i], below[i], logvar_bound, scale)
-        for i in range(len(latent_dims) - 1)
-    ]
-    layers.append(TopLayer(latent_dims[-1], widths[-1], (below[-1], height, width), logvar_bound))
-    output: list[nn.Module] = []
-    for c_in, c_out in pairwise([*reversed(hidden_dims), image_shape[0]]):
-        output += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.SiLU()]
-    return Hierarchy(
-        BottomUp(image_shape, list(hidden_dims), widths, scale),
-        layers,
-        nn.Sequential(*output[:-1]),  # no activation on the output parameters
-        (widths[-1],),
-    )
+class HierarchicalNetwork(Hierarchy):
+    """The convolutional hierarchy: `n_layers` layers, bottom first, of `latent_dims` channels
+    (None: latent_dim each; the top layer's, a vector, is latent_dim) and `layer_channels` of
+    state (None: hidden_dims[-1] each); the stem and the output's transposed convolutions have
+    the channels `hidden_dims` (as the conv VAE's); every prior's and posterior's log sigma^2 is
+    softly held in (-logvar_bound, logvar_bound)."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        out_channels: int,
+        n_layers: int = 3,
+        latent_dims: Sequence[int] | None = None,
+        hidden_dims: Sequence[int] = (32, 32),
+        layer_channels: Sequence[int] | None = None,
+        logvar_bound: float = 10.0,
+    ):
+        require(positive_int(n_layers), "model.network.n_layers", n_layers, "e.g. 3")
+        per_layer = f"a list of n_layers={n_layers} positive integers, bottom first, or null"
+        for key, value in (("latent_dims", latent_dims), ("layer_channels", layer_channels)):
+            fits = value is None or (positive_ints(value) and len(value) == n_layers)
+            require(fits, f"model.network.{key}", value, per_layer)
+        if latent_dims is not None:
+            top = f"its last, the top layer's, is model.latent_dim={latent_dim}"
+            require(latent_dims[-1] == latent_dim, "model.network.latent_dims", latent_dims, top)
+        check_conv_layers(image_shape, hidden_dims)
+        require(positive(logvar_bound), "model.network.logvar_bound", logvar_bound, "e.g. 10")
+        latent_dims = list(latent_dims or [latent_dim] * n_layers)
+        widths = list(layer_channels or [hidden_dims[-1]] * n_layers)
+        height, width = conv_downsampling(image_shape, len(hidden_dims))
+        scale = 1 / math.sqrt(n_layers)
+        below = [hidden_dims[-1], *widths[:-1]]  # the state width each layer hands down
+        layers: list[LatentLayer] = [
+            MapLayer(latent_dims[i], widths[i], below[i], logvar_bound, scale)
+            for i in range(n_layers - 1)
+        ]
+        layers.append(TopLayer(latent_dim, widths[-1], (below[-1], height, width), logvar_bound))
+        output: list[nn.Module] = []
+        for c_in, c_out in pairwise([*reversed(hidden_dims), out_channels]):
+            output += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.SiLU()]
+        super().__init__(
+            BottomUp(image_shape, list(hidden_dims), widths, scale),
+            layers,
+            nn.Sequential(*output[:-1]),  # no activation on the output parameters
+            (widths[-1],),
+        )

@@ -1,0 +1,61 @@
+"""Building the model's parts (network, posterior, prior, likelihood, objective) from their
+configs (conf/model/<part>/), each checking its own arguments as it is built."""
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vae_lightning.errors import user_errors_of_instantiation
+
+PARTS = ("network", "posterior", "prior", "likelihood", "objective")
+
+
+def build_part(config: dict[str, Any] | DictConfig, **context: Any) -> Any:
+    """The part a config names, given those `context` values (image_shape, latent_dim, ...) its
+    class's __init__ takes, so each part states what it needs. A ConfigError of its own checks
+    comes out as it is (errors.user_errors_of_instantiation)."""
+    takes = inspect.signature(get_class(config["_target_"]).__init__).parameters
+    given = {key: value for key, value in context.items() if key in takes}
+    with user_errors_of_instantiation():
+        return instantiate(config, **given, _convert_="all")
+
+
+def build_parts(
+    model: dict[str, Any], image_shape: tuple[int, int, int], encode: Callable
+) -> dict[str, Any]:
+    """The parts of a model config (the VAE's arguments), by name, each built with what it needs
+    of the others: the decoder gives the channels the likelihood reads, the encoder the features
+    the posterior reads, the VampPrior encodes with `encode`."""
+    latent_dim = model.get("latent_dim", 10)
+    likelihood = build_part(model["likelihood"], image_shape=image_shape)
+    posterior = build_part(model["posterior"], latent_dim=latent_dim)
+    network = build_part(
+        model["network"],
+        image_shape=image_shape,
+        latent_dim=latent_dim,
+        out_channels=likelihood.out_channels,
+        encoder_outputs=posterior.encoder_outputs,
+    )
+    prior = build_part(
+        model["prior"], latent_dim=latent_dim, image_shape=image_shape, encode=encode
+    )
+    objective = build_part(model["objective"])
+    return {
+        "likelihood": likelihood,
+        "posterior": posterior,
+        "network": network,
+        "prior": prior,
+        "objective": objective,
+    }
+
+
+def check_parts(model: DictConfig, image_shape: tuple[int, int, int]) -> None:
+    """Build every part of a model config on the meta device, where no memory is allocated and
+    nothing is computed: a bad value is refused by the part's own check, in about the time torch
+    takes to import, before any run starts."""
+    with torch.device("meta"):
+        build_parts(OmegaConf.to_container(model, resolve=True), image_shape, encode=None)
