@@ -459,17 +459,17 @@ def check_command_config(command: str, cfg: DictConfig, argv: list[str]) -> None
     check_config(cfg, {"sample": SAMPLE_RULES, "export": EXPORT_RULES}.get(command, RULES))
     if command == "train":
         check_optimized_metric(cfg)
-        size = OmegaConf.select(cfg, "data.image_size")
-        if positive_int(size):
-            # Last, as it imports torch: each part checks its own values as it is built.
-            from vae_lightning.parts import check_parts
-
-            check_parts(cfg.model, (OmegaConf.select(cfg, "data.channels", default=1), size, size))
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
         allowed = f"no such file; a checkpoint of train.py, e.g. {CHECKPOINT_EXAMPLE}"
         raise ConfigError("ckpt_path", ckpt_path, allowed)
     check_writable("hydra.sweep.dir" if is_multirun(cfg, argv) else "hydra.run.dir", cfg)
+    size = OmegaConf.select(cfg, "data.image_size")
+    if command == "train" and positive_int(size):
+        # Last, as only this imports torch: each part checks its own values as it is built.
+        from vae_lightning.parts import check_parts
+
+        check_parts(cfg.model, (OmegaConf.select(cfg, "data.channels", default=1), size, size))
 
 
 def is_multirun(cfg: DictConfig, argv: list[str]) -> bool:

@@ -19,8 +19,7 @@ from vae_lightning.elbo import ELBOTerms
 from vae_lightning.legacy import migrate_hparams, migrate_state_dict
 from vae_lightning.networks import LayerPosterior, Parts
 from vae_lightning.objectives import ObjectiveOutput, TrainingState
-from vae_lightning.options import part_config
-from vae_lightning.parts import build_parts
+from vae_lightning.parts import build_parts, part_or_default
 from vae_lightning.registry import check_model_config, checkpoint_hyperparameters
 
 
@@ -99,11 +98,11 @@ class VAE(
     ):
         super().__init__()
         # Saved filled in, so a checkpoint says which parts it holds whatever conf/ says later.
-        network = network or part_config("network", "conv")
-        posterior = posterior or part_config("posterior", "gaussian")
-        prior = prior or part_config("prior", "standard")
-        likelihood = likelihood or part_config("likelihood", "bernoulli")
-        objective = objective or part_config("objective", "elbo")
+        network = part_or_default("network", network)
+        posterior = part_or_default("posterior", posterior)
+        prior = part_or_default("prior", prior)
+        likelihood = part_or_default("likelihood", likelihood)
+        objective = part_or_default("objective", objective)
         self.save_hyperparameters()
         self.image_shape = tuple(image_shape)
         parts = build_parts(self.hparams, self.image_shape, self.encode)
@@ -206,7 +205,7 @@ class VAE(
         model = cls(**{key: value for key, value in arguments.items() if key in takes})
         weights = load_file(fetch(constants.SAFETENSORS_SINGLE_FILE), device=str(map_location))
         model.load_state_dict(migrate_state_dict(weights, model.hparams.network), strict=strict)
-        return model
+        return model.eval()  # as PyTorchModelHubMixin hands its models over
 
     # --- the model -------------------------------------------------------------------------
 

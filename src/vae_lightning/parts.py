@@ -10,8 +10,23 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning.errors import user_errors_of_instantiation
+from vae_lightning.legacy import migrate_hparams
+from vae_lightning.options import part_config
 
 PARTS = ("network", "posterior", "prior", "likelihood", "objective")
+# The option of conf/model/<part>/ a model config that names no such part gets.
+DEFAULT_OPTIONS = {
+    "network": "conv",
+    "posterior": "gaussian",
+    "prior": "standard",
+    "likelihood": "bernoulli",
+    "objective": "elbo",
+}
+
+
+def part_or_default(part: str, config: dict[str, Any] | None) -> dict[str, Any]:
+    """A part's config as given, or its default option's when none is."""
+    return config or part_config(part, DEFAULT_OPTIONS[part])
 
 
 def build_part(config: dict[str, Any] | DictConfig, **context: Any) -> Any:
@@ -31,6 +46,7 @@ def build_parts(
     of the others: the decoder gives the channels the likelihood reads, the encoder the features
     the posterior reads, the VampPrior encodes with `encode`."""
     latent_dim = model.get("latent_dim", 10)
+    model = {part: part_or_default(part, model.get(part)) for part in PARTS}
     likelihood = build_part(model["likelihood"], image_shape=image_shape)
     posterior = build_part(model["posterior"], latent_dim=latent_dim)
     network = build_part(
@@ -58,4 +74,6 @@ def check_parts(model: DictConfig, image_shape: tuple[int, int, int]) -> None:
     nothing is computed: a bad value is refused by the part's own check, in about the time torch
     takes to import, before any run starts."""
     with torch.device("meta"):
-        build_parts(OmegaConf.to_container(model, resolve=True), image_shape, encode=None)
+        # a user's own model config of before the parts builds as the run will build it
+        arguments = migrate_hparams(OmegaConf.to_container(model, resolve=True))
+        build_parts(arguments, image_shape, encode=None)
