@@ -14,7 +14,13 @@ from safetensors.torch import save_file
 from tests.helpers import FASHION_MNIST_SUBSET, ROOT, make_config, part, run_script
 from vae_lightning.cli import evaluate, train
 from vae_lightning.data import ShapesDataModule
-from vae_lightning.gmm_sampler import GaussianMixtureSampler, gmm_of_checkpoint, gmm_path
+from vae_lightning.data.in_memory import to_unit_float
+from vae_lightning.gmm_sampler import (
+    GaussianMixtureSampler,
+    gmm_of_checkpoint,
+    gmm_path,
+    posterior_means,
+)
 from vae_lightning.module import VAE
 from vae_lightning.sample_quality import sample_metrics
 
@@ -107,6 +113,33 @@ def test_a_mixture_file_of_other_weights_or_unreadable_is_refitted_and_replaced(
             gmm_of_checkpoint(model, data, ckpt, n_components=2)
         assert f"refitting {path}: it is unreadable" in caplog.text
         assert len(GaussianMixtureSampler.load(path)[0].weights) == 2
+
+
+def test_an_iaf_posteriors_mixture_is_fitted_where_the_decoder_reads_codes():
+    # Fitted on encode's mu, the base Gaussian's mean before the flow, the mixture would sit in
+    # another space than the decoder's whenever the flow is not the identity (it is, at init).
+    torch.manual_seed(0)
+    model = VAE(
+        image_shape=(1, 32, 32), network=NETWORK, posterior=part("posterior", "iaf"), latent_dim=2
+    ).eval()
+    with torch.no_grad():
+        for parameter in model.posterior.steps.parameters():
+            parameter.normal_(0, 0.3)
+    data = ShapesDataModule(size=64, image_size=32)
+    train_images = data.by_batch(data.split("train"))
+    x = data.model_input(to_unit_float(train_images[torch.arange(8)][0]), training=False)
+
+    means = posterior_means(model, data, batch_size=16)
+
+    assert means.shape == (len(train_images), 2)
+    with torch.no_grad():
+        reconstructions = model.reconstruct(x)
+        assert (model.decode(model.encode(x)[0]) - reconstructions).abs().max() > 0.01
+        torch.testing.assert_close(model.decode(means[:8]), reconstructions)
+    mixture = gmm_of_checkpoint(model, data, None, n_components=2)
+    torch.testing.assert_close(
+        mixture.weights @ mixture.means, means.double().mean(dim=0), rtol=0, atol=1e-6
+    )
 
 
 def test_data_without_a_feature_network_get_no_sample_metrics_and_a_line_why(caplog):

@@ -1,7 +1,8 @@
 """The ex-post Gaussian mixture sampler of Ghosh et al. (2020), as pythae's GaussianMixtureSampler:
-a mixture of full-covariance Gaussians fitted on the posterior means E_q[z|x] of the training
-images, drawn from in place of the prior and decoded. A VAE's aggregate posterior rarely fills
-its prior; the mixture puts the draws where the decoder has seen codes.
+a mixture of full-covariance Gaussians fitted on the posterior means of the training images (the
+codes their reconstructions decode), drawn from in place of the prior and decoded. A VAE's
+aggregate posterior rarely fills its prior; the mixture puts the draws where the decoder has seen
+codes.
 
 The fitted mixture is saved beside the checkpoint it was fitted for as plain tensors
 (`<checkpoint>.gmm.safetensors`: loading it runs no code), with the checkpoint's SHA-256, so that
@@ -72,15 +73,17 @@ def gmm_path(ckpt_path: str | Path) -> Path:
 
 @torch.no_grad()
 def posterior_means(model, datamodule, batch_size: int) -> torch.Tensor:
-    """E_q[z|x] (N, D) of every training image, as the model sees it at evaluation (the fixed
-    binarisation of binarised data), on the model's device."""
+    """The posterior's mean z (N, D) of every training image, the code its reconstruction
+    decodes, as the model sees the image at evaluation (the fixed binarisation of binarised
+    data), on the model's device. Not `encode`'s mu: a flow posterior (IAF) moves the base
+    Gaussian's mean, and the mixture must sit where the decoder reads codes."""
     images = datamodule.by_batch(datamodule.split("train"))
     device = next(model.parameters()).device
     means = []
     with Progress("posterior means of the training images", len(images), "images") as progress:
         for index in torch.arange(len(images)).split(batch_size):
             x = datamodule.model_input(to_unit_float(images[index][0]), training=False)
-            means.append(model.encode(x.to(device))[0].cpu())
+            means.append(model.posterior.mean(model.network.encode(x.to(device))).cpu())
             progress.advance(len(index))
     return torch.cat(means)
 
