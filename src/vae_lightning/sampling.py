@@ -19,6 +19,7 @@ from vae_lightning.drawing import (
     sample_grid,
     traversal_grid,
 )
+from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
 from vae_lightning.runs import load_checkpoint_model, run_data_config, run_dir_of
 
@@ -32,6 +33,9 @@ def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
     """The grids of one mode, by file name (without .png)."""
     if cfg.mode == "prior":
         return {"prior": sample_grid(model, cfg.n, temperature=cfg.temperature)}
+    if cfg.mode == "traverse" and not model.posterior.traversable:
+        allowed = "prior, reconstruct or interpolate: a VQ-VAE's code map has no dimension to sweep"
+        raise ConfigError("mode", cfg.mode, allowed)
     datamodule = instantiate(run_data_config(cfg.ckpt_path, f"mode={cfg.mode}"))
     if cfg.mode == "reconstruct":
         return {"reconstruct": reconstruction_grid(model, datamodule.examples("test", cfg.n)[0])}
