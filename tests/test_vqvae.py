@@ -123,6 +123,7 @@ def test_the_learned_prior_trains_on_the_frozen_first_stage(first_stage, tmp_pat
         (["model=conv", "model.posterior=vq"], "model.network"),
         (["model=conv", "model.prior=pixelcnn"], "model.prior"),
         (["model=vqvae_prior"], "model.first_stage"),
+        (["model=vqvae", "+model.first_stage=first.ckpt"], "model.first_stage"),
     ],
 )
 def test_combinations_that_cannot_work_are_refused(tmp_path, overrides, key):

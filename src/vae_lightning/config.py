@@ -198,9 +198,9 @@ COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
     ),
     (
         "model.first_stage",
-        lambda cfg: _part(cfg, "prior") != "GatedPixelCNN" or cfg.model.get("first_stage"),
-        "a checkpoint of a model=vqvae run, whose code maps the PixelCNN learns: "
-        "model=vqvae_prior model.first_stage=<run dir>/checkpoints/last.ckpt",
+        lambda cfg: (_part(cfg, "prior") == "GatedPixelCNN") == bool(cfg.model.get("first_stage")),
+        "a checkpoint of a model=vqvae run, whose code maps the PixelCNN learns, with the "
+        "PixelCNN only: model=vqvae_prior model.first_stage=<run dir>/checkpoints/last.ckpt",
     ),
 ]
 
