@@ -6,6 +6,7 @@ in one line, and the first stage's checkpoint is read as data."""
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,12 +81,14 @@ def test_the_first_stage_trains_evaluates_and_samples_from_its_checkpoint(first_
 def test_the_learned_prior_trains_on_the_frozen_first_stage(first_stage, tmp_path):
     """The second stage keeps the first's weights and codebook, beats the uniform prior on the
     codes, and its checkpoint alone gives the bound: the reconstruction plus -log p(codes) under
-    the PixelCNN, in bits/dim; sample.py draws codes from the PixelCNN and decodes them."""
+    the PixelCNN, in bits/dim; sample.py draws codes from the PixelCNN and decodes them, and
+    resume= goes on without the first stage's file."""
     first_ckpt = first_stage / "checkpoints" / "last.ckpt"
+    moved = Path(shutil.copy(first_ckpt, tmp_path / "first.ckpt"))
     run_dir = tmp_path / "run"
     succeeded(
         run_script(
-            "train.py", *SECOND_STAGE, f"model.first_stage={first_ckpt}", f"hydra.run.dir={run_dir}"
+            "train.py", *SECOND_STAGE, f"model.first_stage={moved}", f"hydra.run.dir={run_dir}"
         )
     )
     first, trained = metrics(first_stage), metrics(run_dir)
@@ -111,6 +114,15 @@ def test_the_learned_prior_trains_on_the_frozen_first_stage(first_stage, tmp_pat
     assert evaluated["test/iwae_bpd"] == pytest.approx(evaluated["test/iwae_nll"] / BITS)
     succeeded(run_script("sample.py", f"ckpt_path={ckpt}", "n=4", f"out={tmp_path}"))
     assert (tmp_path / "prior.png").is_file()
+
+    moved.unlink()
+    steps = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    succeeded(run_script("train.py", f"resume={run_dir}", "trainer.max_epochs=3"))
+    resumed = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == steps * 3 // 2
+    for key, value in first_model.state_dict().items():
+        if not key.startswith("prior."):
+            assert torch.equal(resumed["state_dict"][key], value), key
 
 
 @pytest.mark.parametrize(
