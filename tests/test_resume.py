@@ -1,9 +1,10 @@
 """Exact resume: a run killed again and again (mid-epoch, during validation, right after an
 epoch end) and resumed ends with the same weights, optimiser state, logged values and pictures as
-one never interrupted, for the conv model, the MLP with dynamic binarisation on semi-supervised
-data (labelled and unlabelled images mixed in every batch) and per-item decoding; under DDP at
-the right step. Checkpoints are written whole or not at all; a damaged last.ckpt is passed over
-for the newest intact checkpoint, and eval.py and sample.py name it."""
+one never interrupted, for the conv model, the VQ-VAE (its codebook's EMA buffers included), the
+MLP with dynamic binarisation on semi-supervised data (labelled and unlabelled images mixed in
+every batch) and per-item decoding; under DDP at the right step. Checkpoints are written whole or
+not at all; a damaged last.ckpt is passed over for the newest intact checkpoint, and eval.py and
+sample.py name it."""
 
 import errno
 import os
@@ -109,6 +110,10 @@ def assert_same_as_uninterrupted(run_dir: Path, baseline: Path) -> None:
     assert [step for step, _ in scalars(run_dir, "train/loss")] == list(range(STEPS))
 
 
+# The codebook's EMA buffers and its dead-code restarts (at random encoder outputs) resume too.
+VQVAE = ("model=vqvae", "model.posterior.n_codes=16")
+
+
 def variants(data: Path, cache: Path) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """The overrides of each kind of run on top of RUN (the conv model on shapes in memory), with
     its data caches in `cache`, and those of the uninterrupted run it must equal (caches in
@@ -132,6 +137,7 @@ def variants(data: Path, cache: Path) -> dict[str, tuple[tuple[str, ...], tuple[
         "conv": ((), ()),
         "mlp, dynamic binarisation": (fashion(cache), fashion(data / "cache")),
         "per-item decoding": (folder(cache, False), folder(data / "cache", True)),
+        "vqvae": (VQVAE, VQVAE),
     }
 
 
@@ -180,8 +186,13 @@ KILLS = [
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("variant", "kills"),
-    [("conv", KILLS), ("mlp, dynamic binarisation", KILLS[2:]), ("per-item decoding", KILLS[2:])],
-    ids=["conv", "mlp, dynamic binarisation", "per-item decoding"],
+    [
+        ("conv", KILLS),
+        ("mlp, dynamic binarisation", KILLS[2:]),
+        ("per-item decoding", KILLS[2:]),
+        ("vqvae", [KILLS[0], KILLS[-1]]),
+    ],
+    ids=["conv", "mlp, dynamic binarisation", "per-item decoding", "vqvae"],
 )
 def test_killed_again_and_again_and_resumed_equals_an_uninterrupted_run(
     tmp_path, data, uninterrupted, variant, kills

@@ -190,6 +190,8 @@ class LatentTraversals(EpochImages):
         self.n_images, self.span, self.steps = n_images, span, steps
 
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
+        if not model.posterior.traversable:  # a VQ-VAE's code map: no dimension to sweep
+            return {}
         images, _ = trainer.datamodule.examples("test", self.n_images)
         images = images.to(model.device)
         order = model.kl_per_dim(images).mean(dim=0).argsort(descending=True)

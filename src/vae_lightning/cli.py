@@ -26,6 +26,7 @@ from vae_lightning.metrics import evaluate_model
 from vae_lightning.phases import Phases
 from vae_lightning.runs import checkpoint_to_resume, load_checkpoint_model, run_data_config
 from vae_lightning.sample_quality import sample_metrics
+from vae_lightning.stages import adopt_first_stage, start_second_stage
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,8 @@ def fit_and_test(cfg: DictConfig, startup: dict[str, float] | None = None) -> di
 
     with phases("data"):
         datamodule = instantiate(cfg.data)
+        second_stage = cfg.model.get("first_stage") is not None
+        first_stage = adopt_first_stage(cfg)
         ckpt_path = checkpoint_to_resume(cfg, datamodule.image_shape)
     with phases("model"):
         # Plain lists and dicts, the optimiser left as config: the checkpoint's hparams stay data.
@@ -167,6 +170,8 @@ def fit_and_test(cfg: DictConfig, startup: dict[str, float] | None = None) -> di
             model = instantiate(
                 model_cfg, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
             )
+        if second_stage:
+            start_second_stage(model, first_stage)
         loggers = instantiate_all(cfg.get("logger"))
         callbacks = [*instantiate_all(cfg.get("callbacks")), *console_callbacks(cfg.trainer)]
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -142,6 +142,14 @@ def _hierarchical(cfg: DictConfig) -> bool:
     return _part(cfg, "network") == "HierarchicalNetwork"
 
 
+# The priors over code maps, and the posterior that gives code maps (model=vqvae).
+CODE_PRIORS = ("UniformCodes", "GatedPixelCNN")
+
+
+def _vector_quantized(cfg: DictConfig) -> bool:
+    return _part(cfg, "posterior") == "VectorQuantizer"
+
+
 COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
     (
         "model.objective",
@@ -182,6 +190,29 @@ COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
         "model.prior",
         lambda cfg: _part(cfg, "prior") == "StandardPrior" or _part(cfg, "objective") != "BetaTC",
         "standard with model.objective=beta_tc: its KL decomposition assumes N(0, I)",
+    ),
+    (
+        "model.network",
+        lambda cfg: _vector_quantized(cfg) == (_part(cfg, "network") == "ConvMapNetwork"),
+        "conv_map with model.posterior=vq, and only then: the quantiser reads a map of code "
+        "vectors (model=vqvae)",
+    ),
+    (
+        "model.prior",
+        lambda cfg: _vector_quantized(cfg) == (_part(cfg, "prior") in CODE_PRIORS),
+        "uniform_codes or pixelcnn with model.posterior=vq, and only then: a prior over code maps",
+    ),
+    (
+        "model.objective",
+        lambda cfg: not _vector_quantized(cfg) or _part(cfg, "objective") == "ELBO",
+        "elbo with model=vqvae: its loss is recon + commitment, q(z|x) has no draws to weigh and "
+        "no Gaussian to regularise",
+    ),
+    (
+        "model.first_stage",
+        lambda cfg: (_part(cfg, "prior") == "GatedPixelCNN") == bool(cfg.model.get("first_stage")),
+        "a checkpoint of a model=vqvae run, whose code maps the PixelCNN learns, with the "
+        "PixelCNN only: model=vqvae_prior model.first_stage=<run dir>/checkpoints/last.ckpt",
     ),
 ]
 

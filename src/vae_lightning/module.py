@@ -325,6 +325,7 @@ class VAE(
                     f"{stage}/kl_layer{layer}": kl for layer, kl in enumerate(kl_per_layer, 1)
                 }
         logged |= {f"{stage}/{name}": value for name, value in out.logged.items()}
+        logged |= {f"{stage}/{name}": value for name, value in self.posterior.logged().items()}
         if stage == "train":
             if self.hparams.kl_warmup > 0:  # otherwise beta is a constant, in the hparams
                 logged["train/beta"] = state.kl_weight

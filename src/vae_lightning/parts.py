@@ -44,7 +44,8 @@ def build_parts(
 ) -> dict[str, Any]:
     """The parts of a model config (the VAE's arguments), by name, each built with what it needs
     of the others: the decoder gives the channels the likelihood reads, the encoder the features
-    the posterior reads, the VampPrior encodes with `encode`."""
+    the posterior reads, the VampPrior encodes with `encode`, a prior over codes has as many as
+    the posterior's codebook."""
     latent_dim = model.get("latent_dim", 10)
     model = {part: part_or_default(part, model.get(part)) for part in PARTS}
     likelihood = build_part(model["likelihood"], image_shape=image_shape)
@@ -57,7 +58,11 @@ def build_parts(
         encoder_outputs=posterior.encoder_outputs,
     )
     prior = build_part(
-        model["prior"], latent_dim=latent_dim, image_shape=image_shape, encode=encode
+        model["prior"],
+        latent_dim=latent_dim,
+        image_shape=image_shape,
+        encode=encode,
+        n_codes=getattr(posterior, "n_codes", None),
     )
     objective = build_part(model["objective"])
     return {

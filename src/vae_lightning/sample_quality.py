@@ -178,21 +178,24 @@ def sample_metrics(
         for index in batches:  # grey, as the feature network was trained, even if binarised
             quality.update(to_unit_float(test_images[index][0]).to(device), real=True)
             progress.advance(len(index))
-    mixture = gmm_of_checkpoint(
-        model, datamodule, ckpt_path, samples_cfg.gmm_components, batch_size
-    )
     # (suffix of the metrics' names, what is sampled, a generator where its draws are made)
     samplers: list[tuple[str, str, torch.Generator, Callable]] = [
         ("", "prior", torch.Generator(device), model.sample),
-        (
-            "_gmm",
-            "Gaussian mixture",
-            torch.Generator(),  # the mixture draws on the CPU, in float64
-            lambda count, generator: model.decode(
-                mixture.sample(count, generator).to(device, torch.float32)
-            ),
-        ),
     ]
+    if model.posterior.traversable:  # a VQ-VAE's code maps have no mixture: its prior is learned
+        mixture = gmm_of_checkpoint(
+            model, datamodule, ckpt_path, samples_cfg.gmm_components, batch_size
+        )
+        samplers.append(
+            (
+                "_gmm",
+                "Gaussian mixture",
+                torch.Generator(),  # the mixture draws on the CPU, in float64
+                lambda count, generator: model.decode(
+                    mixture.sample(count, generator).to(device, torch.float32)
+                ),
+            )
+        )
     metrics = {}
     for suffix, name, generator, draw in samplers:
         generator.manual_seed(samples_cfg.seed)

@@ -20,6 +20,7 @@ from vae_lightning.drawing import (
     sample_grid,
     traversal_grid,
 )
+from vae_lightning.errors import ConfigError
 from vae_lightning.gmm_sampler import gmm_of_checkpoint
 from vae_lightning.module import VAE
 from vae_lightning.runs import load_checkpoint_model, run_data_config, run_dir_of
@@ -34,6 +35,12 @@ def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
     """The grids of one mode, by file name (without .png)."""
     if cfg.mode == "prior" and cfg.sampler == "prior":
         return {"prior": sample_grid(model, cfg.n, temperature=cfg.temperature)}
+    if cfg.mode == "traverse" and not model.posterior.traversable:
+        allowed = "prior, reconstruct or interpolate: a VQ-VAE's code map has no dimension to sweep"
+        raise ConfigError("mode", cfg.mode, allowed)
+    if cfg.sampler == "gmm" and not model.posterior.traversable:
+        allowed = "prior: a VQ-VAE draws its code maps from its prior (model=vqvae_prior)"
+        raise ConfigError("sampler", cfg.sampler, allowed)
     needed_by = f"mode={cfg.mode}" if cfg.mode != "prior" else "sampler=gmm"
     datamodule = instantiate(run_data_config(cfg.ckpt_path, needed_by))
     if cfg.mode == "prior":
