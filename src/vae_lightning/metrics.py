@@ -102,9 +102,7 @@ def conditional_sample_accuracy(
     (features/accuracy.py), as test/ metrics."""
     generator = torch.Generator(model.device).manual_seed(seed)
     classes = torch.arange(model.n_classes, device=model.device).repeat_interleave(per_class)
-    images = torch.cat(
-        [model.sample(len(y), generator, y=y) for y in classes.split(max_rows)]
-    )
+    images = torch.cat([model.sample(len(y), generator, y=y) for y in classes.split(max_rows)])
     accuracy = conditional_accuracy(
         images,
         classes,
