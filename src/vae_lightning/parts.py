@@ -45,7 +45,8 @@ def build_parts(
     """The parts of a model config (the VAE's arguments), by name, each built with what it needs
     of the others: the decoder gives the channels the likelihood reads, the encoder the features
     the posterior reads, the VampPrior encodes with `encode`, a prior over codes has as many as
-    the posterior's codebook."""
+    the posterior's codebook; a network that can be conditioned gets the classes' number,
+    `n_classes` (0: unconditional)."""
     latent_dim = model.get("latent_dim", 10)
     model = {part: part_or_default(part, model.get(part)) for part in PARTS}
     likelihood = build_part(model["likelihood"], image_shape=image_shape)
@@ -56,6 +57,7 @@ def build_parts(
         latent_dim=latent_dim,
         out_channels=likelihood.out_channels,
         encoder_outputs=posterior.encoder_outputs,
+        n_classes=model.get("n_classes") or 0,
     )
     prior = build_part(
         model["prior"],

@@ -179,10 +179,17 @@ def sample_metrics(
             quality.update(to_unit_float(test_images[index][0]).to(device), real=True)
             progress.advance(len(index))
     # (suffix of the metrics' names, what is sampled, a generator where its draws are made)
+    def prior_draws(count: int, generator: torch.Generator) -> torch.Tensor:
+        # a conditional model's: the classes in turn, each as often
+        y = torch.arange(count, device=device) % model.n_classes if model.n_classes else None
+        return model.sample(count, generator, y=y)
+
     samplers: list[tuple[str, str, torch.Generator, Callable]] = [
-        ("", "prior", torch.Generator(device), model.sample),
+        ("", "prior", torch.Generator(device), prior_draws),
     ]
-    if model.posterior.traversable:  # a VQ-VAE's code maps have no mixture: its prior is learned
+    # No mixture for a VQ-VAE's code maps (its prior is learned) or a conditional decoder (the
+    # mixture of every class's codes names no class).
+    if model.posterior.traversable and not model.n_classes:
         mixture = gmm_of_checkpoint(
             model, datamodule, ckpt_path, samples_cfg.gmm_components, batch_size
         )
