@@ -188,11 +188,12 @@ def test_export_and_from_pretrained_keep_the_condition(cvae_run, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "allowed"),
     [
-        (["data=shapes", "model=hierarchical"], "null with model=hierarchical"),
+        (["data=shapes", "model=hierarchical"], "null with this network"),
+        (["data=shapes", "model=vqvae"], "null with this network"),
         (["data=shapes", "model.prior=vamp"], "null with model.prior=vamp"),
     ],
 )
-def test_a_condition_is_refused_with_the_hierarchy_or_the_vamp_prior(tmp_path, overrides, allowed):
+def test_a_condition_is_refused_with_a_hierarchy_vq_or_vamp_prior(tmp_path, overrides, allowed):
     cfg = make_config(tmp_path, *overrides, "model.condition=label")
     with pytest.raises(ConfigError, match=f"model.condition='label' is not allowed: {allowed}"):
         train(cfg)

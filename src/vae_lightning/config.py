@@ -148,6 +148,9 @@ def _hierarchical(cfg: DictConfig) -> bool:
     return _part(cfg, "network") == "HierarchicalNetwork"
 
 
+# The networks that feed a condition to their encoder and decoder (n_classes).
+CONDITIONED_NETWORKS = ("ConvNetwork", "MLPNetwork")
+
 # The priors over code maps, and the posterior that gives code maps (model=vqvae).
 CODE_PRIORS = ("UniformCodes", "GatedPixelCNN")
 
@@ -184,8 +187,9 @@ COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
     ),
     (
         "model.condition",
-        lambda cfg: not _hierarchical(cfg) or not cfg.model.get("condition"),
-        "null with model=hierarchical: only the one-layer networks (conv, mlp) take a condition",
+        lambda cfg: not cfg.model.get("condition") or _part(cfg, "network") in CONDITIONED_NETWORKS,
+        "null with this network (the hierarchy, a VQ-VAE's code map): only the one-layer "
+        "networks (conv, mlp) take a condition",
     ),
     (
         "model.condition",

@@ -178,6 +178,7 @@ def sample_metrics(
         for index in batches:  # grey, as the feature network was trained, even if binarised
             quality.update(to_unit_float(test_images[index][0]).to(device), real=True)
             progress.advance(len(index))
+
     # (suffix of the metrics' names, what is sampled, a generator where its draws are made)
     def prior_draws(count: int, generator: torch.Generator) -> torch.Tensor:
         # a conditional model's: the classes in turn, each as often
