@@ -168,6 +168,12 @@ def test_sample_py_draws_the_class_a_label_names(cvae_run, tmp_path):
         "error: label='sock' is not allowed: a class index 0..9 or one of its names: "
         "T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot"
     ]
+    result = run_script("sample.py", f"ckpt_path={ckpt}", "sampler=gmm", f"out={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: sampler='gmm' is not allowed: prior: the mixture is of every class's codes; a "
+        "conditional decoder needs one"
+    ]
 
 
 def test_export_and_from_pretrained_keep_the_condition(cvae_run, tmp_path):

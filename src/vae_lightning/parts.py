@@ -48,11 +48,11 @@ def build_parts(
     the posterior's codebook; a network that can be conditioned gets the classes' number,
     `n_classes` (0: unconditional)."""
     latent_dim = model.get("latent_dim", 10)
-    model = {part: part_or_default(part, model.get(part)) for part in PARTS}
-    likelihood = build_part(model["likelihood"], image_shape=image_shape)
-    posterior = build_part(model["posterior"], latent_dim=latent_dim)
+    configs = {part: part_or_default(part, model.get(part)) for part in PARTS}
+    likelihood = build_part(configs["likelihood"], image_shape=image_shape)
+    posterior = build_part(configs["posterior"], latent_dim=latent_dim)
     network = build_part(
-        model["network"],
+        configs["network"],
         image_shape=image_shape,
         latent_dim=latent_dim,
         out_channels=likelihood.out_channels,
@@ -60,13 +60,13 @@ def build_parts(
         n_classes=model.get("n_classes") or 0,
     )
     prior = build_part(
-        model["prior"],
+        configs["prior"],
         latent_dim=latent_dim,
         image_shape=image_shape,
         encode=encode,
         n_codes=getattr(posterior, "n_codes", None),
     )
-    objective = build_part(model["objective"])
+    objective = build_part(configs["objective"])
     return {
         "likelihood": likelihood,
         "posterior": posterior,

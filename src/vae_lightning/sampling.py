@@ -48,14 +48,19 @@ def chosen_class(cfg: DictConfig, model: VAE) -> int | None:
 
 
 def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
-    """The grids of one mode, by file name (without .png)."""
+    """The grids of one mode, by file name (without .png); a conditional model's samples are of
+    the class `label=` names, or a row per class, its other grids of the test images' classes."""
+    label = chosen_class(cfg, model)
     if cfg.mode == "prior" and cfg.sampler == "prior":
-        return {"prior": sample_grid(model, cfg.n, temperature=cfg.temperature)}
+        return {"prior": sample_grid(model, cfg.n, temperature=cfg.temperature, label=label)}
     if cfg.mode == "traverse" and not model.posterior.traversable:
         allowed = "prior, reconstruct or interpolate: a VQ-VAE's code map has no dimension to sweep"
         raise ConfigError("mode", cfg.mode, allowed)
     if cfg.sampler == "gmm" and not model.posterior.traversable:
         allowed = "prior: a VQ-VAE draws its code maps from its prior (model=vqvae_prior)"
+        raise ConfigError("sampler", cfg.sampler, allowed)
+    if cfg.sampler == "gmm" and model.n_classes:
+        allowed = "prior: the mixture is of every class's codes; a conditional decoder needs one"
         raise ConfigError("sampler", cfg.sampler, allowed)
     needed_by = f"mode={cfg.mode}" if cfg.mode != "prior" else "sampler=gmm"
     datamodule = instantiate(run_data_config(cfg.ckpt_path, needed_by))
@@ -63,12 +68,6 @@ def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
         mixture = gmm_of_checkpoint(model, datamodule, cfg.ckpt_path, cfg.gmm_components)
         z = mixture.sample(cfg.n).to(torch.get_default_dtype())
         return {"gmm": tiled(model.decode(z), nrow=8)}  # as sample_grid tiles the prior's
-    """The grids of one mode, by file name (without .png); a conditional model's samples are of
-    the class `label=` names, or a row per class, its other grids of the test images' classes."""
-    label = chosen_class(cfg, model)
-    if cfg.mode == "prior":
-        return {"prior": sample_grid(model, cfg.n, temperature=cfg.temperature, label=label)}
-    datamodule = instantiate(run_data_config(cfg.ckpt_path, f"mode={cfg.mode}"))
     if cfg.mode == "reconstruct":
         images, labels = datamodule.examples("test", cfg.n)
         y = model.condition_of(labels, datamodule)
