@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import run_script
 from vae_lightning.elbo import ELBOTerms
 from vae_lightning.errors import ConfigError
 from vae_lightning.objectives import TrainingState
@@ -211,3 +212,28 @@ def test_the_classifier_learns_only_from_the_terms_that_read_q_y_given_x():
 def test_bad_values_are_refused_naming_their_key(options, key):
     with pytest.raises(ConfigError, match=rf"^{re.escape(key)}="):
         M2(IMAGE_SHAPE, **{"n_classes": K, **options})
+
+
+@pytest.mark.parametrize(
+    ("arguments", "line"),
+    [
+        (
+            ["model.objective=m2"],
+            "error: model.condition=None is not allowed: label with model.objective=m2: M2 "
+            "generates each image from its class (model=m2 sets it)",
+        ),
+        (
+            ["model=m2", "model.free_bits=0.5"],
+            "error: model.free_bits=0.5 is not allowed: 0 with model.objective=m2: a floor on a "
+            "batch's mean KL has no form per class",
+        ),
+    ],
+)
+def test_m2_without_the_condition_or_with_free_bits_is_refused_in_one_line(
+    tmp_path, arguments, line
+):
+    run_dir = tmp_path / "run"
+    result = run_script("train.py", *arguments, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [line]
+    assert not run_dir.exists()
