@@ -102,6 +102,7 @@ def test_metrics(
                 disentanglement=OmegaConf.to_container(eval_cfg.disentanglement),
                 per_image_path=output_dir / PER_IMAGE_NLL,
                 iwae_images=eval_cfg.get("iwae_images"),
+                conditional_samples=eval_cfg.get("conditional_samples"),
             )
     return metrics
 
@@ -135,6 +136,23 @@ def train(cfg: DictConfig, startup: dict[str, float] | None = None) -> dict[str,
                 wandb.finish(exit_code=int(failed))
 
 
+def condition_arguments(model_cfg: dict[str, Any], datamodule: Any) -> dict[str, Any]:
+    """What a conditional model (model.condition=label) takes of the data: its classes, by name,
+    so that the checkpoint names them (sample.py label=sneaker)."""
+    if not model_cfg.get("condition"):
+        return {}
+    class_names = getattr(datamodule, "class_names", None)
+    if not class_names:
+        raise ConfigError(
+            "model.condition",
+            model_cfg["condition"],
+            f"null with data={getattr(datamodule, 'name', type(datamodule).__name__)}: its images "
+            "have no classes to condition on (mnist, fashion_mnist, kmnist, cifar10 and shapes "
+            "have, and a folder of class subfolders)",
+        )
+    return {"n_classes": len(class_names), "class_names": list(class_names)}
+
+
 def fit_and_test(cfg: DictConfig, startup: dict[str, float] | None = None) -> dict[str, Any]:
     check_config(cfg)
     check_optimized_metric(cfg)
@@ -155,7 +173,11 @@ def fit_and_test(cfg: DictConfig, startup: dict[str, float] | None = None) -> di
         model_cfg = migrate_hparams(OmegaConf.to_container(cfg.model, resolve=True))
         with user_errors_of_instantiation():
             model = instantiate(
-                model_cfg, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
+                model_cfg,
+                image_shape=datamodule.image_shape,
+                **condition_arguments(model_cfg, datamodule),
+                _recursive_=False,
+                _convert_="all",
             )
         loggers = instantiate_all(cfg.get("logger"))
         callbacks = [*instantiate_all(cfg.get("callbacks")), *console_callbacks(cfg.trainer)]

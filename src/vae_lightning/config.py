@@ -71,8 +71,14 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         lambda v: v in DCI_REGRESSORS,
         f"one of {', '.join(DCI_REGRESSORS)}",
     ),
+    ("model.condition", lambda v: v == "label", "null or label (the data's classes)"),
     ("eval.max_rows", positive_int, "a positive integer of decoder rows per pass, e.g. 8192"),
     ("eval.iwae_images", positive_int, "a positive integer, or null for every test image"),
+    (
+        "eval.conditional_samples",
+        positive_int,
+        "a positive integer of samples per class, or null for no conditional accuracy",
+    ),
     ("callbacks.nonfinite.on_nonfinite", lambda v: v in ("stop", "skip"), "stop or skip"),
     (
         "callbacks.nonfinite.every_n_steps",
@@ -155,6 +161,16 @@ COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
         "model.posterior",
         lambda cfg: not _hierarchical(cfg) or _part(cfg, "posterior") == "DiagonalGaussian",
         "gaussian with model=hierarchical: its layers' posteriors are its own Gaussians",
+    ),
+    (
+        "model.condition",
+        lambda cfg: not _hierarchical(cfg) or not cfg.model.get("condition"),
+        "null with model=hierarchical: only the one-layer networks (conv, mlp) take a condition",
+    ),
+    (
+        "model.condition",
+        lambda cfg: not cfg.model.get("condition") or _part(cfg, "prior") != "VampPrior",
+        "null with model.prior=vamp: its pseudo-inputs have no class to encode them with",
     ),
     (
         "model.free_bits",

@@ -29,7 +29,8 @@ def build_parts(
 ) -> dict[str, Any]:
     """The parts of a model config (the VAE's arguments), by name, each built with what it needs
     of the others: the decoder gives the channels the likelihood reads, the encoder the features
-    the posterior reads, the VampPrior encodes with `encode`."""
+    the posterior reads, the VampPrior encodes with `encode`; a network that can be conditioned
+    gets the classes' number, `n_classes` (0: unconditional)."""
     latent_dim = model.get("latent_dim", 10)
     likelihood = build_part(model["likelihood"], image_shape=image_shape)
     posterior = build_part(model["posterior"], latent_dim=latent_dim)
@@ -39,6 +40,7 @@ def build_parts(
         latent_dim=latent_dim,
         out_channels=likelihood.out_channels,
         encoder_outputs=posterior.encoder_outputs,
+        n_classes=model.get("n_classes") or 0,
     )
     prior = build_part(
         model["prior"], latent_dim=latent_dim, image_shape=image_shape, encode=encode

@@ -17,8 +17,9 @@ from vae_lightning.registry import DATA_MODULES, check_targets
 log = logging.getLogger(__name__)
 
 # The model's arguments that fix the shapes of the weights in a checkpoint: its parts' whole
-# configs (a likelihood's too: the channels the decoder gives depend on it).
-SHAPE_HPARAMS = ("network", "posterior", "prior", "likelihood", "latent_dim")
+# configs (a likelihood's too: the channels the decoder gives depend on it), and the condition,
+# which widens the networks' inputs.
+SHAPE_HPARAMS = ("network", "posterior", "prior", "likelihood", "latent_dim", "condition")
 
 
 def _leaves(model: dict[str, Any], prefix: str) -> dict[str, Any]:
