@@ -1,6 +1,7 @@
 """M2's bounds and loss (objectives/m2.py) against the same sums written out class by class and
 image by image, in float64."""
 
+import json
 import math
 import re
 from types import SimpleNamespace
@@ -9,10 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import run_script
+from tests.helpers import FASHION_MNIST_SUBSET, make_config, part, run_script
+from vae_lightning.cli import train
 from vae_lightning.elbo import ELBOTerms
 from vae_lightning.errors import ConfigError
-from vae_lightning.objectives import TrainingState
+from vae_lightning.module import VAE, ConditionedOn
+from vae_lightning.objectives import ELBO, TrainingState
 from vae_lightning.objectives.m2 import M2, m2_terms, unlabelled_bound
 
 B, K = 6, 4
@@ -197,6 +200,60 @@ def test_the_classifier_learns_only_from_the_terms_that_read_q_y_given_x():
         classifier_grads(objective, loss), classifier_grads(objective, u), strict=True
     ):
         assert torch.allclose(grad, expected, rtol=1e-10) and expected.abs().sum() > 0
+
+
+def test_with_every_label_and_alpha_zero_m2_is_the_conditional_vaes_elbo():
+    """Through the real classes: the conditional VAE that model=m2 builds, seen by the objectives
+    as the module's _step gives it them, at the same posterior draws."""
+    torch.manual_seed(0)
+    objective = part("objective", "m2", n_labelled=None, alpha=0, classifier_hidden_dims=[4])
+    network = part("network", "mlp", hidden_dims=[8])
+    model = VAE(
+        (1, 3, 3), network, objective=objective, latent_dim=2, condition="label", n_classes=K
+    )
+    x, labels = images(7).float(), torch.tensor([2, 0, 3, 3, 1, 0])
+    view, state = ConditionedOn(model, labels), TrainingState(dataset_size=50)
+    torch.manual_seed(1)
+    m2_loss = model.objective(view, x, state).loss
+    torch.manual_seed(1)
+    cvae_loss = ELBO()(view, x, state).loss
+    assert m2_loss.item() == pytest.approx(cvae_loss.item(), rel=1e-6)
+    torch.manual_seed(1)
+    given_y = -model.elbo_terms(x, labels).elbo.mean()
+    assert cvae_loss.item() == pytest.approx(given_y.item(), rel=1e-6)
+
+
+def test_trains_semi_supervised_on_fashion_mnist_and_reports_the_classifiers_test_accuracy(
+    tmp_path,
+):
+    """model=m2 data.labelled=20 through train.py's function: the few labelled and the many
+    unlabelled training images in every batch, q(y|x)'s accuracy on the test set in metrics.json."""
+    metrics = train(
+        make_config(
+            tmp_path, "data=fashion_mnist", f"data.root={FASHION_MNIST_SUBSET}",
+            f"data.cache_dir={tmp_path / 'cache'}", "model=m2", "data.labelled=20",
+            "model.objective.classifier_hidden_dims=[16]", "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1", "eval.iwae_k=2",
+            "callbacks.pictures=null", "eval.conditional_samples=10",
+        )
+    )  # fmt: skip
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["test/accuracy"] == metrics["test/accuracy"]
+    # 200 test images: a whole number of right answers, by a classifier of 3 steps
+    assert 0 <= written["test/accuracy"] <= 1
+    assert written["test/accuracy"] * 200 == pytest.approx(round(written["test/accuracy"] * 200))
+    for key in ("test/loss", "test/labelled_bound", "test/unlabelled_bound", "val/loss"):
+        assert math.isfinite(written[key])
+    # a held-out image counts as both kinds: the loss mixes -L and -U as the training set does,
+    # 20 labelled of the subset's 600 training images less the 10% validation split
+    n_labelled, n_train = 20, 540
+    expected = (
+        -n_labelled * written["test/labelled_bound"]
+        - (n_train - n_labelled) * written["test/unlabelled_bound"]
+        + 0.1 * n_train * written["test/classifier_ce"]
+    ) / n_train
+    assert written["test/loss"] == pytest.approx(expected, rel=1e-5)
+    assert written["steps"] == 3
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,10 @@ def build_parts(
     """The parts of a model config (the VAE's arguments), by name, each built with what it needs
     of the others: the decoder gives the channels the likelihood reads, the encoder the features
     the posterior reads, the VampPrior encodes with `encode`; a network that can be conditioned
-    gets the classes' number, `n_classes` (0: unconditional)."""
+    gets the classes' number, `n_classes` (0: unconditional), as does the objective (M2's
+    classifier), with the images' shape."""
     latent_dim = model.get("latent_dim", 10)
+    n_classes = model.get("n_classes") or 0
     likelihood = build_part(model["likelihood"], image_shape=image_shape)
     posterior = build_part(model["posterior"], latent_dim=latent_dim)
     network = build_part(
@@ -40,12 +42,12 @@ def build_parts(
         latent_dim=latent_dim,
         out_channels=likelihood.out_channels,
         encoder_outputs=posterior.encoder_outputs,
-        n_classes=model.get("n_classes") or 0,
+        n_classes=n_classes,
     )
     prior = build_part(
         model["prior"], latent_dim=latent_dim, image_shape=image_shape, encode=encode
     )
-    objective = build_part(model["objective"])
+    objective = build_part(model["objective"], image_shape=image_shape, n_classes=n_classes)
     return {
         "likelihood": likelihood,
         "posterior": posterior,
@@ -58,6 +60,10 @@ def build_parts(
 def check_parts(model: DictConfig, image_shape: tuple[int, int, int]) -> None:
     """Build every part of a model config on the meta device, where no memory is allocated and
     nothing is computed: a bad value is refused by the part's own check, in about the time torch
-    takes to import, before any run starts."""
+    takes to import, before any run starts. A conditional model is built for two classes, a
+    stand-in for the data's, which are known only once the data is."""
+    config = OmegaConf.to_container(model, resolve=True)
+    if config.get("condition"):
+        config["n_classes"] = 2
     with torch.device("meta"):
-        build_parts(OmegaConf.to_container(model, resolve=True), image_shape, encode=None)
+        build_parts(config, image_shape, encode=None)
