@@ -234,6 +234,16 @@ COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
         "a checkpoint of a model=vqvae run, whose code maps the PixelCNN learns, with the "
         "PixelCNN only: model=vqvae_prior model.first_stage=<run dir>/checkpoints/last.ckpt",
     ),
+    (
+        "model.condition",
+        lambda cfg: _part(cfg, "objective") != "M2" or cfg.model.get("condition") == "label",
+        "label with model.objective=m2: M2 generates each image from its class (model=m2 sets it)",
+    ),
+    (
+        "model.free_bits",
+        lambda cfg: not cfg.model.get("free_bits") or _part(cfg, "objective") != "M2",
+        "0 with model.objective=m2: a floor on a batch's mean KL has no form per class",
+    ),
 ]
 
 

@@ -46,8 +46,10 @@ def build_parts(
     of the others: the decoder gives the channels the likelihood reads, the encoder the features
     the posterior reads, the VampPrior encodes with `encode`, a prior over codes has as many as
     the posterior's codebook; a network that can be conditioned gets the classes' number,
-    `n_classes` (0: unconditional)."""
+    `n_classes` (0: unconditional), as does the objective (M2's classifier), with the images'
+    shape."""
     latent_dim = model.get("latent_dim", 10)
+    n_classes = model.get("n_classes") or 0
     configs = {part: part_or_default(part, model.get(part)) for part in PARTS}
     likelihood = build_part(configs["likelihood"], image_shape=image_shape)
     posterior = build_part(configs["posterior"], latent_dim=latent_dim)
@@ -57,7 +59,7 @@ def build_parts(
         latent_dim=latent_dim,
         out_channels=likelihood.out_channels,
         encoder_outputs=posterior.encoder_outputs,
-        n_classes=model.get("n_classes") or 0,
+        n_classes=n_classes,
     )
     prior = build_part(
         configs["prior"],
@@ -66,7 +68,7 @@ def build_parts(
         encode=encode,
         n_codes=getattr(posterior, "n_codes", None),
     )
-    objective = build_part(configs["objective"])
+    objective = build_part(configs["objective"], image_shape=image_shape, n_classes=n_classes)
     return {
         "likelihood": likelihood,
         "posterior": posterior,
@@ -79,8 +81,11 @@ def build_parts(
 def check_parts(model: DictConfig, image_shape: tuple[int, int, int]) -> None:
     """Build every part of a model config on the meta device, where no memory is allocated and
     nothing is computed: a bad value is refused by the part's own check, in about the time torch
-    takes to import, before any run starts."""
+    takes to import, before any run starts. A conditional model is built for two classes, a
+    stand-in for the data's, which are known only once the data is."""
+    config = OmegaConf.to_container(model, resolve=True)
+    if config.get("condition"):
+        config["n_classes"] = 2
     with torch.device("meta"):
         # a user's own model config of before the parts builds as the run will build it
-        arguments = migrate_hparams(OmegaConf.to_container(model, resolve=True))
-        build_parts(arguments, image_shape, encode=None)
+        build_parts(migrate_hparams(config), image_shape, encode=None)
