@@ -14,10 +14,12 @@ from hydra import compose, initialize_config_dir
 from torch.autograd.functional import jacobian
 from torch.distributions import Normal
 
-from tests.helpers import ROOT, make_config
+from tests.helpers import ROOT, make_config, part
 from vae_lightning.cli import evaluate, train
+from vae_lightning.drawing import interpolation_grid
 from vae_lightning.elbo import reparameterize
 from vae_lightning.errors import ConfigError
+from vae_lightning.module import VAE
 from vae_lightning.posteriors.gaussian import DiagonalGaussian
 from vae_lightning.posteriors.iaf import IAF
 from vae_lightning.priors.standard import StandardPrior
@@ -207,3 +209,30 @@ def test_trains_through_train_py_and_evaluates_from_its_checkpoint(tmp_path, est
         ])  # fmt: skip
     evaluated = evaluate(eval_cfg)
     assert math.isfinite(evaluated["test/iwae_nll"])
+
+
+def test_pictures_decode_the_flows_mean_code_not_its_base_mu():
+    """Interpolations, traversals and the latent map start from the z reconstructions decode:
+    the flow's image of mu, which a trained flow moves away from encode's mu."""
+    torch.manual_seed(0)
+    model = VAE(
+        (1, 28, 28),
+        network=part("network", "mlp", hidden_dims=[16]),
+        posterior=part("posterior", "iaf"),
+        latent_dim=2,
+    ).eval()
+    with torch.no_grad():
+        for parameter in model.posterior.steps.parameters():
+            parameter.normal_(0, 0.3)
+        x = torch.rand(4, 1, 28, 28)
+        reconstructions = model.reconstruct(x)
+        assert (model.decode(model.encode(x)[0]) - reconstructions).abs().max() > 0.01
+        torch.testing.assert_close(model.decode(model.posterior_mean(x)), reconstructions)
+        rows = interpolation_grid(model, x, steps=3)  # 2 rows: start, t = 0, 0.5, 1, end
+
+    def tile(row: int, column: int) -> torch.Tensor:
+        return rows[:, 1 + 29 * row : 29 * (row + 1), 1 + 29 * column : 29 * (column + 1)]
+
+    for row, (start, end) in enumerate([(0, 1), (2, 3)]):
+        torch.testing.assert_close(tile(row, 1)[0], reconstructions[start, 0])
+        torch.testing.assert_close(tile(row, 3)[0], reconstructions[end, 0])

@@ -199,7 +199,7 @@ class LatentTraversals(EpochImages):
         y = model.condition_of(labels.to(model.device), trainer.datamodule)
         order = model.kl_per_dim(images, y).mean(dim=0).argsort(descending=True)
         y_centre = None if y is None else y[:1]
-        centre, _ = model.encode(images[:1], y_centre)
+        centre = model.posterior_mean(images[:1], y_centre)
         grid = traversal_grid(model, centre[0], order, self.span, self.steps, y_centre)
         return {"traversals": grid}
 
@@ -230,8 +230,8 @@ class LatentMap(EpochImages):
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
         images, labels = trainer.datamodule.examples("test", self.n_images)
         y = model.condition_of(labels.to(model.device), trainer.datamodule)
-        mu, _ = model.encode(images.to(model.device), y)
-        figure = latent_map_figure(mu, labels, trainer.datamodule.label_names)
+        codes = model.posterior_mean(images.to(model.device), y)
+        figure = latent_map_figure(codes, labels, trainer.datamodule.label_names)
         return {"latent_map": rendered(figure)}
 
 

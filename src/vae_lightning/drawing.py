@@ -78,8 +78,8 @@ def interpolation_grid(
     if y is not None:
         y_start, y_end = y[0 : 2 * pairs : 2], y[1 : 2 * pairs : 2]
         y_row = y_start.repeat_interleave(steps)
-    mu_start, _ = model.encode(starts, y_start)
-    mu_end, _ = model.encode(ends, y_end)
+    mu_start = model.posterior_mean(starts, y_start)
+    mu_end = model.posterior_mean(ends, y_end)
     t = torch.linspace(0, 1, steps, device=mu_start.device)[None, :, None]
     z = mu_start[:, None] + t * (mu_end - mu_start)[:, None]
     decoded = model.decode(z.flatten(0, 1), y_row).unflatten(0, z.shape[:2])

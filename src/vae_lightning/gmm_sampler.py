@@ -83,7 +83,7 @@ def posterior_means(model, datamodule, batch_size: int) -> torch.Tensor:
     with Progress("posterior means of the training images", len(images), "images") as progress:
         for index in torch.arange(len(images)).split(batch_size):
             x = datamodule.model_input(to_unit_float(images[index][0]), training=False)
-            means.append(model.posterior.mean(model.network.encode(x.to(device))).cpu())
+            means.append(model.posterior_mean(x.to(device)).cpu())
             progress.advance(len(index))
     return torch.cat(means)
 

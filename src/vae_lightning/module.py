@@ -258,6 +258,13 @@ class VAE(
         h = self.network.encode(self._in_memory_format(x), **self._given(y))
         return self.posterior.gaussian(h)
 
+    def posterior_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The deterministic z of q(z|x) that reconstructions decode (batch, latent_dim): mu of
+        a Gaussian posterior, a flow's image of its base mu (not `encode`'s mu, which the flow
+        moves), the top layer's in a hierarchy."""
+        h = self.network.encode(self._in_memory_format(x), **self._given(y))
+        return self.posterior.mean(h)
+
     def _in_memory_format(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             return x.contiguous(memory_format=torch.channels_last)

@@ -78,7 +78,7 @@ def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
         return {"interpolate": interpolation_grid(model, images, cfg.steps, y)}
     images, labels = datamodule.examples("test", max(cfg.n, N_KL_IMAGES))
     y = model.condition_of(labels, datamodule)
-    mu, _ = model.encode(images, y)
+    mu = model.posterior_mean(images, y)
     order = model.kl_per_dim(images, y).mean(dim=0).argsort(descending=True)
     return {
         f"traverse_{i:03d}": traversal_grid(
