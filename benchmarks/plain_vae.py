@@ -7,7 +7,7 @@ DATA.pt (written by process_speed.py) holds the training and validation images o
 own split as uint8 tensors and the model's settings. Each epoch: one shuffle, batches sliced from
 the float tensor, the ELBO's loss, backward, Adam; then the loss on the validation split and two
 checkpoints (the best so far by validation loss, and the last), as train.py writes them. The
-encoder and decoder are the project's (vae_lightning.networks, plain torch modules), so the
+encoder and decoder are the project's (its network part, plain torch modules), so the
 arithmetic is the same; nothing else of the project, no Lightning. It prints one line per epoch,
 `epoch N end T`, T being time.time() after the epoch's checkpoints.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vae_lightning.networks import build_networks
+from vae_lightning.parts import build_part
 
 
 def load(path: str) -> dict:
@@ -30,20 +30,24 @@ def load(path: str) -> dict:
     return data
 
 
-def build(data: dict) -> torch.nn.ModuleDict:
-    encoder, decoder = build_networks(
-        data["network"], data["image_shape"], data["latent_dim"], data["hidden_dims"],
-        data["dense_dim"],
-    )  # fmt: skip
-    return torch.nn.ModuleDict({"encoder": encoder, "decoder": decoder})
+def build(data: dict) -> torch.nn.Module:
+    """The project's network (encoder and decoder) for a Bernoulli likelihood's one channel and
+    a diagonal Gaussian posterior's mu and log sigma^2."""
+    return build_part(
+        data["network"],
+        image_shape=data["image_shape"],
+        latent_dim=data["latent_dim"],
+        out_channels=1,
+        encoder_outputs=2 * data["latent_dim"],
+    )
 
 
-def loss_function(model: torch.nn.ModuleDict, x: torch.Tensor) -> torch.Tensor:
+def loss_function(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The negative ELBO per image, averaged over the batch: Bernoulli p(x|z) on grey values,
     N(0, I) prior, one reparameterised draw."""
-    mu, logvar = model["encoder"](x)
+    mu, logvar = model.encoder(x).chunk(2, dim=1)
     z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-    logits = model["decoder"](z)
+    logits = model.decoder(z)
     log_px = (x * logits).sum((1, 2, 3)) - F.softplus(logits).sum((1, 2, 3))
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
     return (kl - log_px).mean()

@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -71,10 +72,8 @@ def write_data(workload: str, overrides: list[str], path: Path) -> tuple[list[st
             "train": train.images,
             "val": val.images,
             "image_shape": tuple(datamodule.image_shape),
-            "network": model.network,
+            "network": OmegaConf.to_container(model.network),
             "latent_dim": model.latent_dim,
-            "hidden_dims": list(model.network.hidden_dims),
-            "dense_dim": model.network.dense_dim,
             "lr": model.optimizer.lr,
             "batch_size": cfg.data.batch_size,
             "eval_batch_size": cfg.data.eval_batch_size,

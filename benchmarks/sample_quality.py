@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vae_lightning.data.in_memory import to_unit_float
 from vae_lightning.errors import ConfigError, UserError
-from vae_lightning.features import FeatureNetwork, fashion_mnist_features, inception_features
+from vae_lightning.features import FeatureNetwork, inception_features, shipped_features
 from vae_lightning.progress import Progress
 from vae_lightning.runs import load_checkpoint_model, run_data_config, run_dir_of
 from vae_lightning.sample_quality import SampleQuality
@@ -57,14 +57,15 @@ def feature_network(inception: str | None, data_name: str, image_shape) -> Featu
                 "inception", inception, "a file of Inception v3 weights (no such file)"
             )
         return inception_features(inception)
-    if data_name != "fashion_mnist" or tuple(image_shape) != (1, 28, 28):
+    network = shipped_features(data_name, image_shape)
+    if network is None:
         raise ConfigError(
             "inception",
             None,
             f"the run's data ({data_name}, {tuple(image_shape)}) has no shipped feature network "
             "(Fashion-MNIST at 1x28x28 has one): give inception=PATH, Inception v3 weights",
         )
-    return fashion_mnist_features()
+    return network
 
 
 def add_real_images(

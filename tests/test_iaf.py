@@ -6,16 +6,21 @@ diagonal Gaussian posterior; and the doubly-reparameterised log q passes gradien
 Flows with random weights are in float64, so that the tolerances are those of the arithmetic.
 """
 
+import math
+
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from torch.autograd.functional import jacobian
 from torch.distributions import Normal
 
+from tests.helpers import ROOT, make_config
+from vae_lightning.cli import evaluate, train
 from vae_lightning.elbo import reparameterize
 from vae_lightning.errors import ConfigError
 from vae_lightning.posteriors.gaussian import DiagonalGaussian
 from vae_lightning.posteriors.iaf import IAF
-from vae_lightning.priors import StandardPrior
+from vae_lightning.priors.standard import StandardPrior
 
 F64 = torch.float64
 
@@ -169,3 +174,36 @@ def test_stop_posterior_grad_passes_gradients_through_z_alone():
 def test_a_bad_size_is_a_config_error_naming_its_key(key, value):
     with pytest.raises(ConfigError, match=f"model.posterior.{key}={value!r} is not allowed"):
         IAF(latent_dim=4, **{key: value})
+
+
+@pytest.mark.parametrize("estimator", ["standard", "dreg"])
+def test_trains_through_train_py_and_evaluates_from_its_checkpoint(tmp_path, estimator):
+    """model.posterior=iaf with the IWAE objective (DReG's frozen log q too): training, the IWAE
+    test bound, and eval.py's from the checkpoint alone, every number finite."""
+    metrics = train(
+        make_config(
+            tmp_path,
+            "model=mlp",
+            "model.network.hidden_dims=[16]",
+            "model.posterior=iaf",
+            "model.posterior.hidden=8",
+            "model.posterior.context_dim=4",
+            "model.objective=iwae",
+            "model.objective.k=3",
+            f"model.objective.estimator={estimator}",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=3",
+            "eval.iwae_k=4",
+        )  # fmt: skip
+    )
+    assert all(math.isfinite(metrics[key]) for key in ("test/elbo", "test/iwae_nll"))
+    assert metrics["test/iwae_nll"] <= -metrics["test/elbo"] + 5  # the tighter bound, up to noise
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        eval_cfg = compose("eval", overrides=[
+            f"ckpt_path={metrics['best_checkpoint']}", f"paths.output_dir={tmp_path / 'eval'}",
+            f"paths.root_dir={ROOT}", "eval.iwae_k=4", "eval.iwae_images=64",
+            # the training run's own data (a run of train() has no saved .hydra config)
+            "data=shapes", "data.size=640", "data.eval_batch_size=64",
+        ])  # fmt: skip
+    evaluated = evaluate(eval_cfg)
+    assert math.isfinite(evaluated["test/iwae_nll"])

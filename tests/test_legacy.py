@@ -13,7 +13,9 @@ from PIL import Image
 
 from tests.helpers import ROOT, run_script
 from vae_lightning.cli import evaluate
+from vae_lightning.legacy import migrate_hparams
 from vae_lightning.module import VAE
+from vae_lightning.options import part_config
 from vae_lightning.sampling import sample
 
 LEGACY = ROOT / "tests" / "data" / "legacy"
@@ -80,3 +82,14 @@ def test_old_hub_folder_gives_the_same_samples():
     pixels = samples.mul(255).add(0.5).clamp(0, 255).to(torch.uint8)  # as save_image rounds
     assert hashlib.sha256(pixels.numpy().tobytes()).hexdigest() == expected["samples_sha256"]
     assert samples.double().mean().item() == pytest.approx(expected["samples_mean"], rel=1e-6)
+
+
+def test_a_moved_key_in_a_config_of_today_goes_into_its_part():
+    """A user's own model config of before, on today's preset: `defaults: [conv]` and a flat
+    `dense_dim: 24` (the command line names the new key instead; a file cannot be refused
+    before the parts, so it is read as it was meant)."""
+    model = {**part_config("network", "conv"), "dense_dim": 24}
+    preset = {"network": part_config("network", "conv"), "latent_dim": 3, "dense_dim": 24}
+    migrated = migrate_hparams(preset)
+    assert migrated["network"] == model and "dense_dim" not in migrated
+    assert migrated["latent_dim"] == 3 and migrated["prior"] == part_config("prior", "standard")

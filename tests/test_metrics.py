@@ -64,8 +64,6 @@ def test_bits_per_dim_converts_nats_per_image():
 @pytest.mark.parametrize(
     "override",
     [
-        "model.likelihood=gaussian_lerned",
-        "model.likelihood.per=pixel",
         "model.kl_warmup=-1",
         "model.kl_warmup_unit=hours",
         "model.free_bits=-0.5",

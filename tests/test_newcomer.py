@@ -66,7 +66,7 @@ def test_a_run_without_a_logger_with_lightning_trainer_arguments(tmp_path, no_lo
             "train.py",
             "model.latnt_dim=16",
             "error: model.latnt_dim is not a key of model: did you mean model.latent_dim? its "
-            "keys: objective, _target_, network, latent_dim, ",
+            "keys: network, posterior, prior, likelihood, objective, ",
         ),
         (
             "train.py",

@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from tests.helpers import read_tensorboard, run_script
+from tests.helpers import part, read_tensorboard, run_script
 from vae_lightning.cli import train
 from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
@@ -109,7 +109,7 @@ def test_mmd_sees_a_shift_and_nothing_between_equal_distributions(name):
 
 
 def test_the_loss_is_infovaes_weighted_sum_and_a_batch_of_one_has_no_penalty():
-    model = VAE((1, 8, 8), "mlp", latent_dim=3, hidden_dims=(8,))
+    model = VAE((1, 8, 8), network=part("network", "mlp", hidden_dims=[8]), latent_dim=3)
     # pickled and back (DDP spawn, a whole-model torch.save): the kernel goes with it
     objective = pickle.loads(pickle.dumps(MMD("rbf", [1.0], mmd_weight=50.0)))
     x, state = torch.rand(6, 1, 8, 8), TrainingState(kl_weight=0.5)  # InfoVAE: alpha 0.5
@@ -127,7 +127,8 @@ def test_the_loss_is_infovaes_weighted_sum_and_a_batch_of_one_has_no_penalty():
 
 
 def test_a_hierarchy_is_refused_for_want_of_a_single_z():
-    model = VAE((1, 28, 28), network="hierarchical", n_layers=2, latent_dim=2, hidden_dims=(4, 8))
+    network = part("network", "hierarchical", n_layers=2, hidden_dims=[4, 8])
+    model = VAE((1, 28, 28), network=network, latent_dim=2)
     with pytest.raises(ValueError, match="one latent layer"):
         MMD()(model, torch.rand(2, 1, 28, 28), TrainingState())
 

@@ -57,7 +57,7 @@ def test_an_installed_wheel_trains_from_any_directory_with_a_users_own_config(tm
     # a user's own model config, beside the packaged ones, through Hydra's search path
     (elsewhere / "my_conf" / "model").mkdir(parents=True)
     (elsewhere / "my_conf" / "model" / "mine.yaml").write_text(
-        "defaults:\n  - conv\n  - _self_\nlatent_dim: 3\ndense_dim: 24\n"
+        "defaults:\n  - conv\n  - _self_\nlatent_dim: 3\nnetwork:\n  dense_dim: 24\n"
     )
     tiny = [o for o in TINY if not o.startswith(("model.latent_dim", "model.network.dense_dim"))]
     result = run(
@@ -65,8 +65,9 @@ def test_an_installed_wheel_trains_from_any_directory_with_a_users_own_config(tm
         "trainer.max_epochs=1", "hydra.run.dir=run", cwd=elsewhere,
     )  # fmt: skip
     config = yaml.safe_load((elsewhere / "run" / ".hydra" / "config.yaml").read_text())
-    assert (config["model"]["latent_dim"], config["model"]["dense_dim"]) == (3, 24)
-    assert config["model"]["hidden_dims"] == [8, 16]  # TINY's, over conv.yaml's
+    network = config["model"]["network"]
+    assert (config["model"]["latent_dim"], network["dense_dim"]) == (3, 24)
+    assert network["hidden_dims"] == [8, 16]  # TINY's, over conv.yaml's
     metrics = json.loads((elsewhere / "run" / "metrics.json").read_text())
     assert len(metrics["test/kl_per_dim"]) == 3
 

@@ -60,7 +60,7 @@ def test_samples_follow_the_distribution_of_log_prob():
                 weight.mul_(3)
         probs = prior.log_prob(all_maps(3, (2, 2))).exp()
     n = 4_000
-    samples = prior.sample(n, (2, 2), generator=torch.Generator().manual_seed(0))
+    samples = prior.sample_codes(n, (2, 2), generator=torch.Generator().manual_seed(0))
     index = (samples.flatten(1) * torch.tensor([27, 9, 3, 1])).sum(1)
     frequencies = torch.bincount(index, minlength=81) / n
     # Four standard errors of each map's frequency.
@@ -70,7 +70,7 @@ def test_samples_follow_the_distribution_of_log_prob():
 def test_sampling_with_a_seeded_generator_repeats():
     prior = tiny_prior(n_codes=4)
     first, second = (
-        prior.sample(3, (3, 2), generator=torch.Generator().manual_seed(7)) for _ in range(2)
+        prior.sample_codes(3, (3, 2), generator=torch.Generator().manual_seed(7)) for _ in range(2)
     )
     assert first.shape == (3, 3, 2)
     assert torch.equal(first, second)

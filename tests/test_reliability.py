@@ -52,7 +52,6 @@ def checkpoint_step(path: Path) -> int:
         ("model.optimizer.lr=-1e-3", "model.optimizer.lr"),
         ("data.batch_size=0", "data.batch_size"),
         ("torch_threads=0", "torch_threads"),
-        ("model.network=resnet", "model.network"),
         ("callbacks.nonfinite.on_nonfinite=ignore", "callbacks.nonfinite.on_nonfinite"),
         ("callbacks.nonfinite.every_n_steps=0", "callbacks.nonfinite.every_n_steps"),
         ("callbacks.step_checkpoint.every_n_train_steps=0", "callbacks.step_checkpoint"),
@@ -67,6 +66,8 @@ def test_bad_value_names_key_and_what_is_allowed(tmp_path, override, key):
     ("argv", "message"),
     [
         (["model=foo"], "model='foo' is not allowed: one of conv, hierarchical, mlp"),
+        (["model.network=resnet"], "model.network='resnet' is not allowed: one of conv, "),
+        (["model.likelihood=gaussian_lerned"], "model.likelihood='gaussian_lerned' is not "),
         (["data=foo", "model.beta=2"], "data='foo' is not allowed: one of celeba, cifar10, "),
         (["-m", "model=conv,foo"], "model='foo' is not allowed: one of conv, hierarchical, mlp"),
         (["+experiment=nope"], "experiment='nope' is not allowed: one of beta_vae_shapes"),

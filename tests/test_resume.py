@@ -1,9 +1,10 @@
 """Exact resume: a run killed again and again (mid-epoch, during validation, right after an
 epoch end) and resumed ends with the same weights, optimiser state, logged values and pictures as
-one never interrupted, for the conv model, the MLP with dynamic binarisation on semi-supervised
-data (labelled and unlabelled images mixed in every batch) and per-item decoding; under DDP at
-the right step. Checkpoints are written whole or not at all; a damaged last.ckpt is passed over
-for the newest intact checkpoint, and eval.py and sample.py name it."""
+one never interrupted, for the conv model, the VQ-VAE (its codebook's EMA buffers included), the
+MLP with dynamic binarisation on semi-supervised data (labelled and unlabelled images mixed in
+every batch), M2 on the same data, and per-item decoding; under DDP at the right step.
+Checkpoints are written whole or not at all; a damaged last.ckpt is passed over for the newest
+intact checkpoint, and eval.py and sample.py name it."""
 
 import errno
 import os
@@ -109,19 +110,27 @@ def assert_same_as_uninterrupted(run_dir: Path, baseline: Path) -> None:
     assert [step for step, _ in scalars(run_dir, "train/loss")] == list(range(STEPS))
 
 
+# The codebook's EMA buffers and its dead-code restarts (at random encoder outputs) resume too.
+VQVAE = ("model=vqvae", "model.posterior.n_codes=16")
+
+
 def variants(data: Path, cache: Path) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """The overrides of each kind of run on top of RUN (the conv model on shapes in memory), with
     its data caches in `cache`, and those of the uninterrupted run it must equal (caches in
     data/cache, written from the source). All have 256 training images: 8 steps an epoch. A
     per-item run must equal one in memory: the same images, in the same order. The MLP's run is
-    semi-supervised (data.labelled): its batches mix labelled and unlabelled images."""
+    semi-supervised (data.labelled): its batches mix labelled and unlabelled images; M2 trains
+    on the same batches."""
 
-    def fashion(cache: Path) -> tuple[str, ...]:
+    def fashion(cache: Path, *model: str) -> tuple[str, ...]:
         data_set = ("data=fashion_mnist", f"data.root={FASHION_MNIST_SUBSET}", "data.size=256")
-        model = ("model=mlp", "model.network.hidden_dims=[32]")
         # 32 labels: each batch of 32 holds 4 labelled images and 28 of the 224 unlabelled ones
         labelled = "data.labelled=32"
         return (*data_set, f"data.cache_dir={cache}", "data.binarize=dynamic", labelled, *model)
+
+    mlp = ("model=mlp", "model.network.hidden_dims=[32]")
+    # M2: the conditional VAE with its classifier q(y|x), which reads the labelled images' classes
+    m2 = ("model=m2", "model.objective.classifier_hidden_dims=[16]")
 
     def folder(cache: Path, in_memory: bool) -> tuple[str, ...]:
         data_set = ("data=folder", f"data.root={data / 'digits'}", "data.size=256")
@@ -130,8 +139,10 @@ def variants(data: Path, cache: Path) -> dict[str, tuple[tuple[str, ...], tuple[
 
     return {
         "conv": ((), ()),
-        "mlp, dynamic binarisation": (fashion(cache), fashion(data / "cache")),
+        "mlp, dynamic binarisation": (fashion(cache, *mlp), fashion(data / "cache", *mlp)),
+        "m2": (fashion(cache, *m2), fashion(data / "cache", *m2)),
         "per-item decoding": (folder(cache, False), folder(data / "cache", True)),
+        "vqvae": (VQVAE, VQVAE),
     }
 
 
@@ -180,8 +191,14 @@ KILLS = [
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("variant", "kills"),
-    [("conv", KILLS), ("mlp, dynamic binarisation", KILLS[2:]), ("per-item decoding", KILLS[2:])],
-    ids=["conv", "mlp, dynamic binarisation", "per-item decoding"],
+    [
+        ("conv", KILLS),
+        ("mlp, dynamic binarisation", KILLS[2:]),
+        ("m2", KILLS[2:3]),
+        ("per-item decoding", KILLS[2:]),
+        ("vqvae", [KILLS[0], KILLS[-1]]),
+    ],
+    ids=["conv", "mlp, dynamic binarisation", "m2", "per-item decoding", "vqvae"],
 )
 def test_killed_again_and_again_and_resumed_equals_an_uninterrupted_run(
     tmp_path, data, uninterrupted, variant, kills

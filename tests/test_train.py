@@ -101,6 +101,7 @@ def test_multirun_makes_one_directory_per_job(tmp_path):
         ("optimized_metric=loss", "optimized_metric"),
         ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val"),
         ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches"),
+        ("eval.samples.n=3", "eval.samples.n"),
     ],
 )
 def test_bad_config_gives_one_clear_line_and_nonzero_exit(tmp_path, override, key):

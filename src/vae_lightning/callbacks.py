@@ -153,7 +153,8 @@ class ImageGrids(EpochImages):
     """`reconstructions`: validation images (training images when there is no validation split)
     in odd columns, their reconstructions beside them;
     `samples`: decodings of `n_samples` prior draws, the same draws at every epoch (the prior's
-    sampler run from one seed each time), so epochs compare; at `temperature` (model.sample)."""
+    sampler run from one seed each time), so epochs compare; at `temperature` (model.sample);
+    of a conditional model, a row per class (drawing.sample_grid)."""
 
     def __init__(
         self,
@@ -170,10 +171,11 @@ class ImageGrids(EpochImages):
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
         datamodule = trainer.datamodule
         split = "val" if len(datamodule.split("val")) else "train"  # no val split: val_fraction=0
-        images, _ = datamodule.examples(split, self.n_images)
+        images, labels = datamodule.examples(split, self.n_images)
+        y = model.condition_of(labels.to(model.device), datamodule)
         generator = torch.Generator(model.device).manual_seed(self.seed)
         return {
-            "reconstructions": reconstruction_grid(model, images.to(model.device)),
+            "reconstructions": reconstruction_grid(model, images.to(model.device), y),
             "samples": sample_grid(model, self.n_samples, generator, self.temperature),
         }
 
@@ -181,7 +183,7 @@ class ImageGrids(EpochImages):
 class LatentTraversals(EpochImages):
     """`traversals`: each latent dimension of the first test image's posterior mean swept over
     +-span, one row per dimension, the dimension with the most KL (over `n_images` test images)
-    first."""
+    first; a conditional model's decodings all of that image's class."""
 
     def __init__(
         self, every_n_epochs: int = 1, n_images: int = 500, span: float = 3.0, steps: int = 9
@@ -190,24 +192,31 @@ class LatentTraversals(EpochImages):
         self.n_images, self.span, self.steps = n_images, span, steps
 
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
-        images, _ = trainer.datamodule.examples("test", self.n_images)
+        if not model.posterior.traversable:  # a VQ-VAE's code map: no dimension to sweep
+            return {}
+        images, labels = trainer.datamodule.examples("test", self.n_images)
         images = images.to(model.device)
-        order = model.kl_per_dim(images).mean(dim=0).argsort(descending=True)
-        centre, _ = model.encode(images[:1])
-        return {"traversals": traversal_grid(model, centre[0], order, self.span, self.steps)}
+        y = model.condition_of(labels.to(model.device), trainer.datamodule)
+        order = model.kl_per_dim(images, y).mean(dim=0).argsort(descending=True)
+        y_centre = None if y is None else y[:1]
+        centre, _ = model.encode(images[:1], y_centre)
+        grid = traversal_grid(model, centre[0], order, self.span, self.steps, y_centre)
+        return {"traversals": grid}
 
 
 class Interpolations(EpochImages):
-    """`interpolations`: `n_pairs` pairs of test images and the decoded line between them."""
+    """`interpolations`: `n_pairs` pairs of test images and the decoded line between them (as
+    the first image's class, for a conditional model)."""
 
     def __init__(self, every_n_epochs: int = 1, n_pairs: int = 4, steps: int = 8):
         super().__init__(every_n_epochs)
         self.n_pairs, self.steps = n_pairs, steps
 
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
-        images, _ = trainer.datamodule.examples("test", 2 * self.n_pairs)
+        images, labels = trainer.datamodule.examples("test", 2 * self.n_pairs)
         images = images.to(model.device)
-        return {"interpolations": interpolation_grid(model, images, self.steps)}
+        y = model.condition_of(labels.to(model.device), trainer.datamodule)
+        return {"interpolations": interpolation_grid(model, images, self.steps, y)}
 
 
 class LatentMap(EpochImages):
@@ -220,7 +229,8 @@ class LatentMap(EpochImages):
 
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
         images, labels = trainer.datamodule.examples("test", self.n_images)
-        mu, _ = model.encode(images.to(model.device))
+        y = model.condition_of(labels.to(model.device), trainer.datamodule)
+        mu, _ = model.encode(images.to(model.device), y)
         figure = latent_map_figure(mu, labels, trainer.datamodule.label_names)
         return {"latent_map": rendered(figure)}
 
@@ -234,8 +244,9 @@ class KLPerDimension(EpochImages):
         self.n_images = n_images
 
     def draw(self, trainer: L.Trainer, model: L.LightningModule) -> dict[str, torch.Tensor]:
-        images, _ = trainer.datamodule.examples("test", self.n_images)
-        layers = model.posterior_by_layer(images.to(model.device))
+        images, labels = trainer.datamodule.examples("test", self.n_images)
+        y = model.condition_of(labels.to(model.device), trainer.datamodule)
+        layers = model.posterior_by_layer(images.to(model.device), y)
         return {
             "kl_per_dim": rendered(kl_figure([layer.kl_per_dim.mean(dim=0) for layer in layers]))
         }

@@ -25,6 +25,8 @@ from vae_lightning.legacy import migrate_hparams
 from vae_lightning.metrics import evaluate_model
 from vae_lightning.phases import Phases
 from vae_lightning.runs import checkpoint_to_resume, load_checkpoint_model, run_data_config
+from vae_lightning.sample_quality import sample_metrics
+from vae_lightning.stages import adopt_first_stage, start_second_stage
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +83,15 @@ def test_metrics(
     output_dir: Path,
     ckpt_path: str | None = None,
     phases: Phases | None = None,
+    weights_file: str | None = None,
 ) -> dict[str, Any]:
     """The ELBO terms of trainer.test on the test split, then evaluate_model's metrics of the same
     weights (trainer.test loads `ckpt_path` into `model`) on as many test batches as the
-    Trainer's limit_test_batches allows, in one process (rank zero) only; the IWAE NLL of each
-    image goes to `<output_dir>/iwae_nll_per_image.pt`. Each part is timed into `phases`."""
+    Trainer's limit_test_batches allows, and the sample metrics (`eval_cfg.samples`, null for
+    none), in one process (rank zero) only; the IWAE NLL of each image goes to
+    `<output_dir>/iwae_nll_per_image.pt`. Each part is timed into `phases`. The Gaussian mixture
+    sampler is kept beside the file of the weights: `ckpt_path`, else `weights_file` (the
+    checkpoint a caller loaded into `model` itself)."""
     phases = phases or Phases()
     with phases("test"):
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
@@ -102,7 +108,13 @@ def test_metrics(
                 disentanglement=OmegaConf.to_container(eval_cfg.disentanglement),
                 per_image_path=output_dir / PER_IMAGE_NLL,
                 iwae_images=eval_cfg.get("iwae_images"),
+                conditional_samples=eval_cfg.get("conditional_samples"),
             )
+        if eval_cfg.get("samples"):
+            with phases("sample metrics"):
+                metrics |= sample_metrics(
+                    model, datamodule, eval_cfg.samples, ckpt_path or weights_file
+                )
     return metrics
 
 
@@ -135,6 +147,23 @@ def train(cfg: DictConfig, startup: dict[str, float] | None = None) -> dict[str,
                 wandb.finish(exit_code=int(failed))
 
 
+def condition_arguments(model_cfg: dict[str, Any], datamodule: Any) -> dict[str, Any]:
+    """What a conditional model (model.condition=label) takes of the data: its classes, by name,
+    so that the checkpoint names them (sample.py label=sneaker)."""
+    if not model_cfg.get("condition"):
+        return {}
+    class_names = getattr(datamodule, "class_names", None)
+    if not class_names:
+        raise ConfigError(
+            "model.condition",
+            model_cfg["condition"],
+            f"null with data={getattr(datamodule, 'name', type(datamodule).__name__)}: its images "
+            "have no classes to condition on (mnist, fashion_mnist, kmnist, cifar10 and shapes "
+            "have, and a folder of class subfolders)",
+        )
+    return {"n_classes": len(class_names), "class_names": list(class_names)}
+
+
 def fit_and_test(cfg: DictConfig, startup: dict[str, float] | None = None) -> dict[str, Any]:
     check_config(cfg)
     check_optimized_metric(cfg)
@@ -148,6 +177,8 @@ def fit_and_test(cfg: DictConfig, startup: dict[str, float] | None = None) -> di
 
     with phases("data"):
         datamodule = instantiate(cfg.data)
+        second_stage = cfg.model.get("first_stage") is not None
+        first_stage = adopt_first_stage(cfg)
         ckpt_path = checkpoint_to_resume(cfg, datamodule.image_shape)
     with phases("model"):
         # Plain lists and dicts, the optimiser left as config: the checkpoint's hparams stay data.
@@ -155,8 +186,14 @@ def fit_and_test(cfg: DictConfig, startup: dict[str, float] | None = None) -> di
         model_cfg = migrate_hparams(OmegaConf.to_container(cfg.model, resolve=True))
         with user_errors_of_instantiation():
             model = instantiate(
-                model_cfg, image_shape=datamodule.image_shape, _recursive_=False, _convert_="all"
+                model_cfg,
+                image_shape=datamodule.image_shape,
+                **condition_arguments(model_cfg, datamodule),
+                _recursive_=False,
+                _convert_="all",
             )
+        if second_stage:
+            start_second_stage(model, first_stage)
         loggers = instantiate_all(cfg.get("logger"))
         callbacks = [*instantiate_all(cfg.get("callbacks")), *console_callbacks(cfg.trainer)]
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -227,7 +264,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         limit_test_batches=cfg.eval.limit_test_batches,
     )
     datamodule.prepare_data()
-    metrics = test_metrics(trainer, model, datamodule, cfg.eval, Path(cfg.paths.output_dir))
+    metrics = test_metrics(
+        trainer, model, datamodule, cfg.eval, Path(cfg.paths.output_dir), weights_file=cfg.ckpt_path
+    )
     metrics.update(
         checkpoint=str(cfg.ckpt_path), wall_time_s=round(time.perf_counter() - started, 1)
     )

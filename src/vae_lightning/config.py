@@ -71,8 +71,24 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         lambda v: v in DCI_REGRESSORS,
         f"one of {', '.join(DCI_REGRESSORS)}",
     ),
+    ("model.condition", lambda v: v == "label", "null or label (the data's classes)"),
     ("eval.max_rows", positive_int, "a positive integer of decoder rows per pass, e.g. 8192"),
     ("eval.iwae_images", positive_int, "a positive integer, or null for every test image"),
+    (
+        "eval.samples",
+        lambda v: OmegaConf.is_dict(v),
+        "the sample metrics' settings (conf/samples/default.yaml), or null for none",
+    ),
+    # precision/recall needs more images than its k = 3 nearest neighbours
+    ("eval.samples.n", lambda v: is_int(v) and v >= 4, "an integer >= 4 of samples, e.g. 10000"),
+    ("eval.samples.batch_size", positive_int, "a positive integer of images, e.g. 500"),
+    ("eval.samples.seed", is_int, "an integer, e.g. 0"),
+    ("eval.samples.gmm_components", positive_int, "a positive integer, e.g. 10"),
+    (
+        "eval.conditional_samples",
+        positive_int,
+        "a positive integer of samples per class, or null for no conditional accuracy",
+    ),
     ("callbacks.nonfinite.on_nonfinite", lambda v: v in ("stop", "skip"), "stop or skip"),
     (
         "callbacks.nonfinite.every_n_steps",
@@ -91,6 +107,8 @@ SAMPLE_MODES = ("prior", "traverse", "interpolate", "reconstruct")
 # The rules of sample.py's config (conf/sample.yaml).
 SAMPLE_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("mode", lambda v: v in SAMPLE_MODES, f"one of {', '.join(SAMPLE_MODES)}"),
+    ("sampler", lambda v: v in ("prior", "gmm"), "prior or gmm"),
+    ("gmm_components", positive_int, "a positive integer, e.g. gmm_components=10"),
     ("n", positive_int, "a positive integer, e.g. n=64"),
     ("steps", lambda v: is_int(v) and v >= 2, "an integer >= 2, e.g. steps=9"),
     ("span", lambda v: is_number(v) and v > 0, "a number > 0, e.g. span=3"),
@@ -130,6 +148,17 @@ def _hierarchical(cfg: DictConfig) -> bool:
     return _part(cfg, "network") == "HierarchicalNetwork"
 
 
+# The networks that feed a condition to their encoder and decoder (n_classes).
+CONDITIONED_NETWORKS = ("ConvNetwork", "MLPNetwork")
+
+# The priors over code maps, and the posterior that gives code maps (model=vqvae).
+CODE_PRIORS = ("UniformCodes", "GatedPixelCNN")
+
+
+def _vector_quantized(cfg: DictConfig) -> bool:
+    return _part(cfg, "posterior") == "VectorQuantizer"
+
+
 COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
     (
         "model.objective",
@@ -157,6 +186,17 @@ COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
         "gaussian with model=hierarchical: its layers' posteriors are its own Gaussians",
     ),
     (
+        "model.condition",
+        lambda cfg: not cfg.model.get("condition") or _part(cfg, "network") in CONDITIONED_NETWORKS,
+        "null with this network (the hierarchy, a VQ-VAE's code map): only the one-layer "
+        "networks (conv, mlp) take a condition",
+    ),
+    (
+        "model.condition",
+        lambda cfg: not cfg.model.get("condition") or _part(cfg, "prior") != "VampPrior",
+        "null with model.prior=vamp: its pseudo-inputs have no class to encode them with",
+    ),
+    (
         "model.free_bits",
         lambda cfg: (
             not cfg.model.get("free_bits")
@@ -170,6 +210,39 @@ COMBINATION_RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
         "model.prior",
         lambda cfg: _part(cfg, "prior") == "StandardPrior" or _part(cfg, "objective") != "BetaTC",
         "standard with model.objective=beta_tc: its KL decomposition assumes N(0, I)",
+    ),
+    (
+        "model.network",
+        lambda cfg: _vector_quantized(cfg) == (_part(cfg, "network") == "ConvMapNetwork"),
+        "conv_map with model.posterior=vq, and only then: the quantiser reads a map of code "
+        "vectors (model=vqvae)",
+    ),
+    (
+        "model.prior",
+        lambda cfg: _vector_quantized(cfg) == (_part(cfg, "prior") in CODE_PRIORS),
+        "uniform_codes or pixelcnn with model.posterior=vq, and only then: a prior over code maps",
+    ),
+    (
+        "model.objective",
+        lambda cfg: not _vector_quantized(cfg) or _part(cfg, "objective") == "ELBO",
+        "elbo with model=vqvae: its loss is recon + commitment, q(z|x) has no draws to weigh and "
+        "no Gaussian to regularise",
+    ),
+    (
+        "model.first_stage",
+        lambda cfg: (_part(cfg, "prior") == "GatedPixelCNN") == bool(cfg.model.get("first_stage")),
+        "a checkpoint of a model=vqvae run, whose code maps the PixelCNN learns, with the "
+        "PixelCNN only: model=vqvae_prior model.first_stage=<run dir>/checkpoints/last.ckpt",
+    ),
+    (
+        "model.condition",
+        lambda cfg: _part(cfg, "objective") != "M2" or cfg.model.get("condition") == "label",
+        "label with model.objective=m2: M2 generates each image from its class (model=m2 sets it)",
+    ),
+    (
+        "model.free_bits",
+        lambda cfg: not cfg.model.get("free_bits") or _part(cfg, "objective") != "M2",
+        "0 with model.objective=m2: a floor on a batch's mean KL has no form per class",
     ),
 ]
 
@@ -447,17 +520,17 @@ def check_command_config(command: str, cfg: DictConfig, argv: list[str]) -> None
     check_config(cfg, {"sample": SAMPLE_RULES, "export": EXPORT_RULES}.get(command, RULES))
     if command == "train":
         check_optimized_metric(cfg)
-        size = OmegaConf.select(cfg, "data.image_size")
-        if positive_int(size):
-            # Last, as it imports torch: each part checks its own values as it is built.
-            from vae_lightning.parts import check_parts
-
-            check_parts(cfg.model, (OmegaConf.select(cfg, "data.channels", default=1), size, size))
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
         allowed = f"no such file; a checkpoint of train.py, e.g. {CHECKPOINT_EXAMPLE}"
         raise ConfigError("ckpt_path", ckpt_path, allowed)
     check_writable("hydra.sweep.dir" if is_multirun(cfg, argv) else "hydra.run.dir", cfg)
+    size = OmegaConf.select(cfg, "data.image_size")
+    if command == "train" and positive_int(size):
+        # Last, as only this imports torch: each part checks its own values as it is built.
+        from vae_lightning.parts import check_parts
+
+        check_parts(cfg.model, (OmegaConf.select(cfg, "data.channels", default=1), size, size))
 
 
 def is_multirun(cfg: DictConfig, argv: list[str]) -> bool:

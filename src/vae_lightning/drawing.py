@@ -1,7 +1,10 @@
 """Pictures of what a model learned, drawn from its public API (encode, decode, kl_per_dim):
 image grids and matplotlib figures, each returned as an image tensor (C, H, W) in [0, 1].
-The callbacks draw them during training and sample.py from a checkpoint."""
+The callbacks draw them during training and sample.py from a checkpoint. For a conditional
+model, `y` gives the images' classes (None: unconditional); a grid decodes with the class of
+the images it starts from, and samples come a row per class."""
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,9 +20,11 @@ def grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
     return make_grid(images.float().cpu(), nrow=nrow, padding=1, pad_value=0.5)
 
 
-def reconstruction_grid(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+def reconstruction_grid(
+    model: torch.nn.Module, images: torch.Tensor, y: torch.Tensor | None = None
+) -> torch.Tensor:
     """Inputs in odd columns, their reconstructions beside them, 4 pairs to a row."""
-    side_by_side = torch.stack([images, model.reconstruct(images)], dim=1).flatten(0, 1)
+    side_by_side = torch.stack([images, model.reconstruct(images, y)], dim=1).flatten(0, 1)
     return grid(side_by_side, nrow=8)
 
 
@@ -28,33 +33,56 @@ def sample_grid(
     n: int,
     generator: torch.Generator | None = None,
     temperature: float = 1.0,
+    label: int | None = None,
 ) -> torch.Tensor:
-    """n samples of the model (`model.sample`) at `temperature`, 8 to a row."""
-    return grid(model.sample(n, generator, temperature), nrow=8)
+    """n samples of the model (`model.sample`) at `temperature`, 8 to a row; of a conditional
+    model, n of class `label`, or, without one, a row per class of ceil(n / classes) each."""
+    if not model.n_classes:
+        return grid(model.sample(n, generator, temperature), nrow=8)
+    if label is not None:
+        y = torch.full((n,), label, device=model.device)
+        return grid(model.sample(n, generator, temperature, y), nrow=8)
+    per_class = math.ceil(n / model.n_classes)
+    y = torch.arange(model.n_classes, device=model.device).repeat_interleave(per_class)
+    return grid(model.sample(len(y), generator, temperature, y), nrow=per_class)
 
 
 def traversal_grid(
-    model: torch.nn.Module, centre: torch.Tensor, dims: Sequence[int], span: float, steps: int
+    model: torch.nn.Module,
+    centre: torch.Tensor,
+    dims: Sequence[int],
+    span: float,
+    steps: int,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One row per latent dimension in `dims`: that coordinate of `centre` (latent_dim,) moved over
-    `steps` values from -span to +span around its own value, the others held fixed."""
+    `steps` values from -span to +span around its own value, the others held fixed (and the
+    class, y (), of a conditional model)."""
     directions = torch.eye(len(centre), device=centre.device)[torch.as_tensor(dims).tolist()]
     offsets = torch.linspace(-span, span, steps, device=centre.device)
     z = centre + offsets[None, :, None] * directions[:, None, :]  # (len(dims), steps, latent_dim)
-    return grid(model.decode(z.flatten(0, 1)), nrow=steps)
+    z = z.flatten(0, 1)
+    return grid(model.decode(z, None if y is None else y.expand(len(z))), nrow=steps)
 
 
-def interpolation_grid(model: torch.nn.Module, images: torch.Tensor, steps: int) -> torch.Tensor:
+def interpolation_grid(
+    model: torch.nn.Module, images: torch.Tensor, steps: int, y: torch.Tensor | None = None
+) -> torch.Tensor:
     """One row per pair of consecutive images (an odd last one left out): the start, decodings
     of `steps` points on the straight line between the two posterior means (both included), the
-    end."""
+    end. A conditional model (y: the images' classes) decodes the whole row as the start's
+    class, so that the row shows the change of the rest alone."""
     pairs = len(images) // 2
     starts, ends = images[0 : 2 * pairs : 2], images[1 : 2 * pairs : 2]
-    mu_start, _ = model.encode(starts)
-    mu_end, _ = model.encode(ends)
+    y_start = y_end = y_row = None
+    if y is not None:
+        y_start, y_end = y[0 : 2 * pairs : 2], y[1 : 2 * pairs : 2]
+        y_row = y_start.repeat_interleave(steps)
+    mu_start, _ = model.encode(starts, y_start)
+    mu_end, _ = model.encode(ends, y_end)
     t = torch.linspace(0, 1, steps, device=mu_start.device)[None, :, None]
     z = mu_start[:, None] + t * (mu_end - mu_start)[:, None]
-    decoded = model.decode(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+    decoded = model.decode(z.flatten(0, 1), y_row).unflatten(0, z.shape[:2])
     rows = torch.cat([starts[:, None], decoded, ends[:, None]], dim=1)
     return grid(rows.flatten(0, 1), nrow=steps + 2)
 

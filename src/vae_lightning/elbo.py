@@ -64,6 +64,8 @@ class ELBOTerms(NamedTuple):
     (batch, latent_dim) are the posterior's and z (batch, latent_dim) the sample that recon was
     computed at, for objectives that regularise the posterior or its samples. A hierarchical
     model gives kl_per_layer (batch, layers) instead of mu, logvar and z; it sums to kl.
+    penalty (batch,), when given, is a term of the training loss outside the ELBO (the VQ-VAE's
+    commitment loss).
     """
 
     recon: torch.Tensor
@@ -73,6 +75,7 @@ class ELBOTerms(NamedTuple):
     logvar: torch.Tensor | None = None
     z: torch.Tensor | None = None
     kl_per_layer: torch.Tensor | None = None
+    penalty: torch.Tensor | None = None
 
     @property
     def elbo(self) -> torch.Tensor:
@@ -85,14 +88,15 @@ class ELBOTerms(NamedTuple):
         (Kingma et al. 2016): a dimension that carries less than lambda nats is not pushed further
         towards the prior, which keeps it from collapsing. With kl_per_layer the floor is per
         layer, sum_l max(lambda, mean KL_l), as IAF's free bits per group of latents (ibid.).
-        This changes the loss only, never the ELBO.
+        This changes the loss only, never the ELBO; so does the penalty, added as its batch mean.
         """
         if free_bits > 0:
             groups = self.kl_per_dim if self.kl_per_layer is None else self.kl_per_layer
             kl_term = groups.mean(dim=0).clamp(min=free_bits).sum()
         else:
             kl_term = self.kl.mean()
-        return self.recon.mean() + beta * kl_term
+        loss = self.recon.mean() + beta * kl_term
+        return loss if self.penalty is None else loss + self.penalty.mean()
 
 
 def iwae_bound(

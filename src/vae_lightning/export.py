@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torchvision.utils import save_image
 
 from vae_lightning.config import EXPORT_RULES, check_config, check_required
-from vae_lightning.drawing import grid, reconstruction_grid
+from vae_lightning.drawing import reconstruction_grid, sample_grid
 from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
 from vae_lightning.parts import PARTS
@@ -44,8 +44,13 @@ Exported from the checkpoint `{{ checkpoint }}`.
 
 ## Samples
 
+{% if n_classes -%}
+Decodings of draws from the prior, a row per class ({{ class_names }}), with
+`torch.Generator().manual_seed({{ seed }})`; `model.sample(n, y=classes)` draws given classes:
+{%- else -%}
 `model.sample({{ n_images }}, torch.Generator().manual_seed({{ seed }}))`, decodings of draws from
 the prior:
+{%- endif %}
 
 ![Samples from the prior]({{ samples }})
 
@@ -94,9 +99,16 @@ import torch
 from vae_lightning.module import VAE
 
 model = VAE.from_pretrained("{{ name }}")  # this folder, or its repo id on the Hub
+{% if n_classes -%}
+y = torch.arange(16) % {{ n_classes }}  # the class of each image: conditional model
+images = model.sample(16, torch.Generator().manual_seed(0), y=y)  # {{ shape }}, in [0, 1]
+mu, logvar = model.encode(images, y)  # the posterior q(z|x,y)
+reconstructions = model.reconstruct(images, y)
+{%- else -%}
 images = model.sample(16, torch.Generator().manual_seed(0))  # {{ shape }}, in [0, 1]
 mu, logvar = model.encode(images)  # the posterior q(z|x)
 reconstructions = model.reconstruct(images)
+{%- endif %}
 ```
 
 To publish on the Hub (after `hf auth login`), this folder as it is, card and pictures included:
@@ -135,9 +147,9 @@ def export_checkpoint(
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     with torch.no_grad():
-        samples = grid(model.sample(n_images, torch.Generator().manual_seed(seed)), nrow=8)
-        images, no_reconstructions = run_test_images(ckpt_path, n_images)
-        reconstructions = None if images is None else reconstruction_grid(model, images)
+        samples = sample_grid(model, n_images, torch.Generator().manual_seed(seed))
+        images, y, no_reconstructions = run_test_images(ckpt_path, n_images, model)
+        reconstructions = None if images is None else reconstruction_grid(model, images, y)
     check_json_arguments(model)
     metrics_path = run_dir_of(ckpt_path) / "metrics.json"
     card = model_card(
@@ -196,20 +208,27 @@ def check_json_arguments(model: VAE) -> None:
         raise TypeError(f"VAE arguments that config.json cannot hold: {', '.join(not_json)}")
 
 
-def run_test_images(ckpt_path: str | Path, n: int) -> tuple[torch.Tensor | None, str | None]:
-    """The first n test images of the run's data, or None and why not."""
+def run_test_images(
+    ckpt_path: str | Path, n: int, model: VAE
+) -> tuple[torch.Tensor | None, torch.Tensor | None, str | None]:
+    """The first n test images of the run's data and the condition `model` reads of their
+    labels (model.condition_of), or None, None and why not."""
     try:
         datamodule = instantiate(run_data_config(ckpt_path, "export.py's reconstructions"))
         datamodule.prepare_data()
         datamodule.setup("test")
-        images, _ = datamodule.examples("test", n)
+        images, labels = datamodule.examples("test", n)
     except ConfigError as error:
         log.warning("no reconstructions: %s", error)
-        return None, (
-            "the run's test images were not found (a checkpoint in `<run dir>/checkpoints/` "
-            "needs `<run dir>/.hydra/config.yaml`, and the data it names)."
+        return (
+            None,
+            None,
+            (
+                "the run's test images were not found (a checkpoint in `<run dir>/checkpoints/` "
+                "needs `<run dir>/.hydra/config.yaml`, and the data it names)."
+            ),
         )
-    return images, None
+    return images, model.condition_of(labels, datamodule), None
 
 
 def read_metrics(path: Path) -> dict[str, Any] | str:
@@ -279,4 +298,6 @@ def model_card(
         no_metrics=metrics if isinstance(metrics, str) else "",
         hparams=[(k, json.dumps(v).replace("|", "\\|")) for k, v in sorted(hparams.items())],
         shape=f"(16, {channels}, {height}, {width})",
+        n_classes=model.n_classes,
+        class_names=", ".join(hparams.get("class_names") or map(str, range(model.n_classes))),
     )

@@ -27,8 +27,11 @@ NAMED = {"network": "conv", "likelihood": "bernoulli", "prior": "standard"}  # t
 
 
 def is_flat(hparams: dict[str, Any]) -> bool:
-    """Whether a model's arguments are of before the parts: a part named by a string."""
-    return any(isinstance(hparams.get(part), str) for part in NAMED)
+    """Whether a model's arguments are of before the parts: a part named by a string, or a key
+    that moved into a part (a user's own model config may add one to a preset of today)."""
+    return any(isinstance(hparams.get(part), str) for part in NAMED) or any(
+        key in hparams for key in MOVED
+    )
 
 
 def migrate_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
@@ -37,8 +40,10 @@ def migrate_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     if not is_flat(hparams):
         return hparams
     flat = dict(hparams)
-    parts = {part: part_config(part, flat.pop(part, default)) for part, default in NAMED.items()}
-    parts["posterior"] = part_config("posterior", "gaussian")
+    parts = {}
+    for part, default in {**NAMED, "posterior": "gaussian"}.items():
+        value = flat.pop(part, default)  # a hand-edited config.json may mix both layouts
+        parts[part] = part_config(part, value) if isinstance(value, str) else dict(value)
     for old, (part, key) in MOVED.items():
         value = flat.pop(old, None)
         if key in parts[part] and value is not None:

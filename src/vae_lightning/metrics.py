@@ -1,5 +1,6 @@
 """Evaluation metrics beyond the ELBO: the IWAE estimate of the NLL, KL per latent dimension,
-active units and, on data with known factors, the disentanglement metrics (disentanglement.py).
+active units and, on data with known factors, the disentanglement metrics (disentanglement.py);
+for a conditional model, the same of p(x|y) and, on Fashion-MNIST, its conditional accuracy.
 
 The ELBO and its terms on the test split come from the LightningModule's own test_step (one home
 for the loss); `evaluate_model` adds the rest in one pass over the test split.
@@ -18,6 +19,8 @@ from torch.utils.data import DataLoader
 
 from vae_lightning.disentanglement import factor_metrics
 from vae_lightning.elbo import iwae_bound
+from vae_lightning.features import fashion_mnist_classifier, fashion_mnist_record
+from vae_lightning.features.accuracy import conditional_accuracy
 from vae_lightning.progress import Progress, duration
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,29 @@ class IwaeCostForecast:
         )
 
 
+# The data whose generated images the shipped classifier (features/) can judge.
+CLASSIFIED_DATA = {("fashion_mnist", (1, 28, 28))}
+
+
+@torch.no_grad()
+def conditional_sample_accuracy(
+    model: L.LightningModule, per_class: int, class_names: list[str], max_rows: int, seed: int = 0
+) -> dict[str, Any]:
+    """The conditional accuracy of `per_class` samples of each class (drawn from `seed`, at most
+    `max_rows` at a time), by the shipped Fashion-MNIST classifier, beside its own test accuracy
+    (features/accuracy.py), as test/ metrics."""
+    generator = torch.Generator(model.device).manual_seed(seed)
+    classes = torch.arange(model.n_classes, device=model.device).repeat_interleave(per_class)
+    images = torch.cat([model.sample(len(y), generator, y=y) for y in classes.split(max_rows)])
+    accuracy = conditional_accuracy(
+        images,
+        classes,
+        fashion_mnist_classifier().to(model.device),
+        fashion_mnist_record()["test_accuracy"],
+    )
+    return {f"test/{name}": value for name, value in accuracy.metrics(class_names).items()}
+
+
 @torch.no_grad()
 def evaluate_model(
     model: L.LightningModule,
@@ -97,6 +123,7 @@ def evaluate_model(
     disentanglement: dict[str, Any] | None = None,
     per_image_path: Path | None = None,
     iwae_images: int | None = None,
+    conditional_samples: int | None = None,
 ) -> dict[str, Any]:
     """test/iwae_nll (nats/image) and its standard error over the images, test/iwae_bpd,
     test/kl_per_dim, test/active_units, the number of test/images they are computed on, for a
@@ -110,6 +137,10 @@ def evaluate_model(
     `iwae_images`, when given, bounds the IWAE NLL to the split's first that many images
     (test/iwae_images says how many), its k draws per image being most of the cost; the other
     metrics still see every image.
+
+    A conditional model is given each test image's class: its IWAE bound is of log p(x|y), and
+    `test/conditioned_on` says so; on Fashion-MNIST, `conditional_samples` per class (None:
+    none) give its conditional accuracy (conditional_sample_accuracy).
 
     A plain loop rather than trainer.test: active units and MIG need the posterior means of the
     whole split at once, which per-batch logging would average away.
@@ -128,22 +159,28 @@ def evaluate_model(
                 break
             batch = datamodule.transfer_batch_to_device(batch, model.device, 0)
             images, batch_labels = datamodule.on_after_batch_transfer(batch, 0)
+            y = model.condition_of(batch_labels, datamodule)
             bounded = images[: n_iwae - sum(map(len, iwae))]
+            y_bounded = None if y is None else y[: len(bounded)]
 
-            def draws(n: int, bounded: torch.Tensor = bounded) -> torch.Tensor:
-                log_weights = forecast.draw(lambda: model.log_importance_weights(bounded, n)[0])
+            def draws(
+                n: int, bounded: torch.Tensor = bounded, y: torch.Tensor | None = y_bounded
+            ) -> torch.Tensor:
+                log_weights = forecast.draw(
+                    lambda: model.log_importance_weights(bounded, n, y=y)[0]
+                )
                 bar.advance(len(bounded) * n / iwae_k)
                 return log_weights
 
             if len(bounded):
                 iwae.append(iwae_bound(draws, iwae_k, len(bounded), max_rows))
-            layers = model.posterior_by_layer(images)
+            layers = model.posterior_by_layer(images, y)
             layer_mus.append([layer.mean for layer in layers])
             mus.append(layers[-1].mean)  # the top layer's: encode(x)'s mean
             labels.append(batch_labels)
             kls.append(torch.cat([layer.kl_per_dim for layer in layers], dim=1))
             if len(layers) > 1:
-                layer_kls.append(model.elbo_terms(images).kl_per_layer)
+                layer_kls.append(model.elbo_terms(images, y).kl_per_layer)
     bounds = torch.cat(iwae)
     nll = -bounds.mean().item()
     if per_image_path is not None:
@@ -162,6 +199,12 @@ def evaluate_model(
         "test/active_units": sum(units),
         "test/kl_per_dim": [round(v, 4) for v in torch.cat(kls).mean(dim=0).tolist()],
     }
+    if model.n_classes:
+        metrics["test/conditioned_on"] = model.hparams.condition
+        data = (getattr(datamodule, "name", None), tuple(datamodule.image_shape))
+        if conditional_samples and data in CLASSIFIED_DATA:
+            names = model.hparams.class_names or datamodule.class_names
+            metrics |= conditional_sample_accuracy(model, conditional_samples, names, max_rows)
     if layer_kls:
         kl_per_layer = torch.cat(layer_kls).mean(dim=0).tolist()
         metrics["test/kl_per_layer"] = [round(v, 4) for v in kl_per_layer]
@@ -174,7 +217,8 @@ def evaluate_model(
         if render is not None:
 
             def represent(factors: torch.Tensor) -> torch.Tensor:
-                return model.encode(render(factors).to(model.device))[0]
+                y = model.condition_of(factors.to(model.device), datamodule)
+                return model.encode(render(factors).to(model.device), y)[0]
 
         scores = factor_metrics(
             names,

@@ -16,11 +16,11 @@ from lightning.pytorch.core.saving import load_hparams_from_tags_csv, load_hpara
 from safetensors.torch import load_file
 
 from vae_lightning.elbo import ELBOTerms
+from vae_lightning.errors import ConfigError
 from vae_lightning.legacy import migrate_hparams, migrate_state_dict
 from vae_lightning.networks import LayerPosterior, Parts
 from vae_lightning.objectives import ObjectiveOutput, TrainingState
-from vae_lightning.options import part_config
-from vae_lightning.parts import build_parts
+from vae_lightning.parts import build_parts, part_or_default
 from vae_lightning.registry import check_model_config, checkpoint_hyperparameters
 
 
@@ -76,6 +76,12 @@ class VAE(
     `grad_skip_threshold` > 0 skips outlier updates as VDVAE does (Child 2021): a step whose
     gradient norm exceeds it, or is not finite, has its gradients zeroed (see
     on_before_optimizer_step).
+
+    `condition="label"` makes it Sohn et al.'s conditional VAE (2015) of the data's `class_names`
+    (the datamodule's, given by train.py, kept in the checkpoint for sample.py's label=names):
+    q(z|x,y), p(x|z,y) and the prior p(z). Every method above then takes `y`, the class index of
+    each image (batch,), and refuses to run without it; an unconditional model ignores `y`.
+    `condition_of(labels, datamodule)` gives y of a batch's labels.
     """
 
     def __init__(
@@ -96,17 +102,27 @@ class VAE(
         compile: bool = False,
         channels_last: bool = False,
         grad_skip_threshold: float = 0.0,
+        condition: str | None = None,
+        n_classes: int | None = None,
+        class_names: list[str] | None = None,
     ):
         super().__init__()
+        if condition not in (None, "label"):
+            raise ConfigError("model.condition", condition, "null or label")
+        if condition and not n_classes:
+            raise ValueError("condition='label' needs n_classes, the number of the data's classes")
         # Saved filled in, so a checkpoint says which parts it holds whatever conf/ says later.
-        network = network or part_config("network", "conv")
-        posterior = posterior or part_config("posterior", "gaussian")
-        prior = prior or part_config("prior", "standard")
-        likelihood = likelihood or part_config("likelihood", "bernoulli")
-        objective = objective or part_config("objective", "elbo")
+        network = part_or_default("network", network)
+        posterior = part_or_default("posterior", posterior)
+        prior = part_or_default("prior", prior)
+        likelihood = part_or_default("likelihood", likelihood)
+        objective = part_or_default("objective", objective)
         self.save_hyperparameters()
         self.image_shape = tuple(image_shape)
-        parts = build_parts(self.hparams, self.image_shape, self.encode)
+        self.n_classes = n_classes if condition else 0
+        parts = build_parts(
+            {**self.hparams, "n_classes": self.n_classes}, self.image_shape, self.encode
+        )
         self.likelihood = parts["likelihood"]
         self.posterior = parts["posterior"]
         self.network = parts["network"]
@@ -117,6 +133,12 @@ class VAE(
         self.beta = beta
         self.dataset_size = 1  # of the training data, known once the trainer sets up
         self.example_input_array = torch.zeros(1, *self.image_shape)
+        if self.n_classes:
+            if getattr(self.network, "n_classes", 0) != self.n_classes:
+                raise ConfigError(
+                    "model.condition", condition, "null with this network: it takes no condition"
+                )
+            self.example_input_array = (self.example_input_array, torch.zeros(1, dtype=torch.long))
         # NHWC conv weights (and inputs, in encode): faster kernels on some CPUs and GPUs
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -206,70 +228,107 @@ class VAE(
         model = cls(**{key: value for key, value in arguments.items() if key in takes})
         weights = load_file(fetch(constants.SAFETENSORS_SINGLE_FILE), device=str(map_location))
         model.load_state_dict(migrate_state_dict(weights, model.hparams.network), strict=strict)
-        return model
+        return model.eval()  # as PyTorchModelHubMixin hands its models over
 
     # --- the model -------------------------------------------------------------------------
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _given(self, y: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The condition to pass the network: y for a conditional model (which cannot run
+        without it), nothing for an unconditional one."""
+        if not self.n_classes:
+            return {}
+        if y is None:
+            raise ValueError(
+                "this conditional VAE (condition='label') needs y, the class index of each image"
+            )
+        return {"y": y}
+
+    def condition_of(self, labels: torch.Tensor, datamodule: Any = None) -> torch.Tensor | None:
+        """y of a batch's labels: each image's class index, the `datamodule`'s class column
+        where the labels have several (the shapes' factors); None for an unconditional model."""
+        if not self.n_classes:
+            return None
+        return labels if labels.ndim == 1 else datamodule.classes(labels)
+
+    def encode(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """mu and log sigma^2 of q(z|x) (of the top layer, in a hierarchy), each (batch,
         latent_dim)."""
-        return self.posterior.gaussian(self.network.encode(self._in_memory_format(x)))
+        h = self.network.encode(self._in_memory_format(x), **self._given(y))
+        return self.posterior.gaussian(h)
 
     def _in_memory_format(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The mean of p(x|z): images (batch, C, H, W) in [0, 1] (in a hierarchy, with every
         layer below the top at its prior mean)."""
-        return self.likelihood.mean(self.network.decode(z))
+        return self.likelihood.mean(self.network.decode(z, **self._given(y)))
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The mean of p(x|z) at z = E_q[z] (every layer's, in a hierarchy): the deterministic
         reconstruction shown in grids."""
         x = self._in_memory_format(x)
-        return self.likelihood.mean(self.network.reconstruct(x, self.parts))
+        return self.likelihood.mean(self.network.reconstruct(x, self.parts, **self._given(y)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """`model(x)` is `reconstruct(x)`; with `example_input_array`, it gives Lightning's model
         summary each layer's FLOPs and input and output sizes (not a column of zeros)."""
-        return self.reconstruct(x)
+        return self.reconstruct(x, y)
 
     def sample(
-        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        y: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Decodings of n draws from the prior; the same generator state gives the same draws.
-        A temperature below 1 scales the prior's draws (every layer's, in a hierarchy) towards
-        their means: fewer, cleaner modes (NVAE and VDVAE show samples at 0.6 to 0.9)."""
-        params = self.network.sample(n, self.parts, generator, temperature)
+        """Decodings of n draws from the prior (of classes y (n,), for a conditional model); the
+        same generator state gives the same draws. A temperature below 1 scales the prior's
+        draws (every layer's, in a hierarchy) towards their means: fewer, cleaner modes (NVAE
+        and VDVAE show samples at 0.6 to 0.9)."""
+        params = self.network.sample(n, self.parts, generator, temperature, **self._given(y))
         return self.likelihood.mean(params)
 
-    def elbo_terms(self, x: torch.Tensor) -> ELBOTerms:
+    def elbo_terms(self, x: torch.Tensor, y: torch.Tensor | None = None) -> ELBOTerms:
         """recon = -log p(x|z) at one z ~ q(z|x) and KL(q(z|x) || p(z)), per image (in a
         hierarchy: the sum of the layers' KLs, and each layer's in kl_per_layer)."""
-        return self.network.elbo_terms(self._in_memory_format(x), self.parts)
+        x = self._in_memory_format(x)
+        return self.network.elbo_terms(x, self.parts, **self._given(y))
 
     def log_importance_weights(
-        self, x: torch.Tensor, k: int, stop_posterior_grad: bool = False
+        self,
+        x: torch.Tensor,
+        k: int,
+        stop_posterior_grad: bool = False,
+        y: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """log p(x, z_i) - log q(z_i|x) for k draws z_i ~ q(z|x) per image (k, batch), and z (in
-        a hierarchy: every layer's draws, flattened and concatenated)."""
+        a hierarchy: every layer's draws, flattened and concatenated); for a conditional model,
+        of p(x, z_i|y) and q(z_i|x,y), so that they bound log p(x|y)."""
         x = self._in_memory_format(x)
-        return self.network.log_importance_weights(x, k, self.parts, stop_posterior_grad)
+        return self.network.log_importance_weights(
+            x, k, self.parts, stop_posterior_grad, **self._given(y)
+        )
 
-    def kl_per_dim(self, x: torch.Tensor) -> torch.Tensor:
+    def kl_per_dim(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """KL(q(z_d|x) || p(z_d)) of each latent dimension d, per image (batch, latent_dim); a
         prior without a closed-form KL is estimated at draws that leave training's random stream
         where it was (Prior.reported_kl_per_dim)."""
-        return self.prior.reported_kl_per_dim(*self.encode(x))
+        return self.prior.reported_kl_per_dim(*self.encode(x, y))
 
-    def posterior_by_layer(self, x: torch.Tensor) -> list[LayerPosterior]:
+    def posterior_by_layer(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> list[LayerPosterior]:
         """Each stochastic layer's posterior mean and KL per latent dimension, bottom first, from
         one pass over x. A map layer's dimension is a channel, its KL summed over the positions;
         in a hierarchy both are taken along the posterior means (z_>l at E_q), so the numbers
         are deterministic."""
-        return self.network.posterior_by_layer(self._in_memory_format(x), self.parts)
+        x = self._in_memory_format(x)
+        return self.network.posterior_by_layer(x, self.parts, **self._given(y))
 
     # --- training ----------------------------------------------------------------------------
 
@@ -306,13 +365,18 @@ class VAE(
         return TrainingState(kl_weight, free_bits, self.global_step, self.dataset_size)
 
     def _step(self, batch, stage: str, state: TrainingState) -> torch.Tensor:
-        images, _ = batch
-        out: ObjectiveOutput = self.objective(self, images, state)
+        images, labels = batch
+        # The objectives stay unconditional: a conditional model is given them with the batch's
+        # classes bound, which their calls of elbo_terms and log_importance_weights then use.
+        model = self
+        if self.n_classes:
+            model = ConditionedOn(self, self.condition_of(labels, self.trainer.datamodule))
+        out: ObjectiveOutput = self.objective(model, images, state)
         if stage == "train" and not self._logs_this_step():
             return out.loss
         terms = out.terms
         if terms is None and stage != "train":  # reported ELBOs are of the model, any objective
-            terms = self.elbo_terms(images)
+            terms = model.elbo_terms(images)
         logged = {f"{stage}/loss": out.loss}
         if terms is not None:
             logged |= {
@@ -326,6 +390,7 @@ class VAE(
                     f"{stage}/kl_layer{layer}": kl for layer, kl in enumerate(kl_per_layer, 1)
                 }
         logged |= {f"{stage}/{name}": value for name, value in out.logged.items()}
+        logged |= {f"{stage}/{name}": value for name, value in self.posterior.logged().items()}
         if stage == "train":
             if self.hparams.kl_warmup > 0:  # otherwise beta is a constant, in the hparams
                 logged["train/beta"] = state.kl_weight
@@ -408,3 +473,24 @@ class VAE(
         scheduler = dict(self.hparams.scheduler)
         scheduler["scheduler"] = instantiate(scheduler["scheduler"])(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+class ConditionedOn:
+    """A conditional VAE as the objectives see it: `elbo_terms(x)` and
+    `log_importance_weights(x, k, stop_posterior_grad)` are the model's given y = `labels`, the
+    batch's class indices (-1 where data.labelled hides one); `model` and `labels` are there for
+    an objective that reads them itself (M2), and every other attribute is the model's."""
+
+    def __init__(self, model: VAE, labels: torch.Tensor):
+        self.model, self.labels = model, labels
+
+    def elbo_terms(self, x: torch.Tensor) -> ELBOTerms:
+        return self.model.elbo_terms(x, self.labels)
+
+    def log_importance_weights(
+        self, x: torch.Tensor, k: int, stop_posterior_grad: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.log_importance_weights(x, k, stop_posterior_grad, self.labels)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)

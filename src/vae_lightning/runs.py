@@ -17,8 +17,9 @@ from vae_lightning.registry import DATA_MODULES, check_targets
 log = logging.getLogger(__name__)
 
 # The model's arguments that fix the shapes of the weights in a checkpoint: its parts' whole
-# configs (a likelihood's too: the channels the decoder gives depend on it).
-SHAPE_HPARAMS = ("network", "posterior", "prior", "likelihood", "latent_dim")
+# configs (a likelihood's too: the channels the decoder gives depend on it), and the condition,
+# which widens the networks' inputs.
+SHAPE_HPARAMS = ("network", "posterior", "prior", "likelihood", "latent_dim", "condition")
 
 
 def _leaves(model: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def _plain(value: Any) -> Any:
     return list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else value
 
 
-def _saved_hparams(ckpt_path: str | Path) -> dict | None:
+def saved_hparams(ckpt_path: str | Path) -> dict | None:
     """The hyperparameters a checkpoint holds; None if the file is damaged or not a checkpoint."""
     try:
         # mmap: only the metadata read here is loaded, not the weights.
@@ -67,10 +68,21 @@ def newest_intact_checkpoint(folder: Path, damaged: Path) -> tuple[Path, dict] |
     its hyperparameters; None if there is none."""
     candidates = [path for path in folder.glob("*.ckpt") if path.is_file() and path != damaged]
     for path in sorted(candidates, key=lambda path: path.stat().st_mtime, reverse=True):
-        hparams = _saved_hparams(path)
+        hparams = saved_hparams(path)
         if hparams is not None:
             return path, hparams
     return None
+
+
+def requested_checkpoint(cfg: DictConfig) -> str | None:
+    """`ckpt_path` as given, `last` made this run's `checkpoints/last.ckpt` (None when there is
+    none yet)."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "last":
+        checkpoint_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+        last = Path(checkpoint_dir or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
+        ckpt_path = str(last) if last.is_file() else None
+    return ckpt_path
 
 
 def checkpoint_to_resume(cfg: DictConfig, image_shape: tuple[int, int, int]) -> str | None:
@@ -81,17 +93,13 @@ def checkpoint_to_resume(cfg: DictConfig, image_shape: tuple[int, int, int]) -> 
     A `last.ckpt` that does not load (truncated, or not a checkpoint) is passed over with a
     warning for the newest intact checkpoint beside it, when there is one.
     """
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path == "last":
-        checkpoint_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
-        last = Path(checkpoint_dir or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
-        ckpt_path = str(last) if last.is_file() else None
+    ckpt_path = requested_checkpoint(cfg)
     if ckpt_path is None:
         return None
     allowed = "the path of a .ckpt file written by train.py, last, or null"
     if not Path(ckpt_path).is_file():
         raise ConfigError("ckpt_path", ckpt_path, f"no such file; {allowed}")
-    hparams = _saved_hparams(ckpt_path)
+    hparams = saved_hparams(ckpt_path)
     if hparams is None and Path(ckpt_path).name == "last.ckpt":
         damaged = Path(ckpt_path)
         intact = newest_intact_checkpoint(damaged.parent, damaged)
@@ -131,7 +139,7 @@ def load_checkpoint_model(ckpt_path: str | None) -> VAE:
         raise
     except Exception as error:  # whatever the file holds instead, the fix is another ckpt_path
         reason = f"{type(error).__name__} on loading"
-        if _saved_hparams(ckpt_path) is not None:  # a whole checkpoint, not one of this VAE
+        if saved_hparams(ckpt_path) is not None:  # a whole checkpoint, not one of this VAE
             raise ConfigError("ckpt_path", ckpt_path, f"{allowed} ({reason})") from None
         damaged = Path(ckpt_path)
         intact = newest_intact_checkpoint(damaged.parent, damaged)

@@ -18,14 +18,21 @@ network's test accuracy goes beside the numbers: with the shipped network they a
 FIDs, and they compare only with numbers of the same network.
 """
 
+import logging
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from vae_lightning.features import FeatureNetwork
+from vae_lightning.data.in_memory import to_unit_float
+from vae_lightning.features import FeatureNetwork, shipped_features
+from vae_lightning.gmm_sampler import gmm_of_checkpoint
+from vae_lightning.progress import Progress
+
+log = logging.getLogger(__name__)
 
 NEAREST_K = 3  # Kynkäänniemi et al.'s choice
 KID_SUBSET_SIZE = 1000  # torchmetrics' default; fewer images than this: all of them
@@ -98,7 +105,9 @@ class SampleQuality:
         kid_subset_size: int = KID_SUBSET_SIZE,
     ):
         self.network = network.eval()
-        self.fid = FrechetInceptionDistance(feature=_Given(network.num_features), normalize=True)
+        self.fid = FrechetInceptionDistance(
+            feature=_Given(network.num_features), normalize=True, reset_real_features=False
+        )
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.features: dict[bool, list[torch.Tensor]] = {True: [], False: []}
 
@@ -107,6 +116,12 @@ class SampleQuality:
         features = self.network(images)
         self.fid.update(features, real=real)
         self.features[real].append(features)
+
+    def forget_generated(self) -> None:
+        """Drop the generated images, keep the real ones: another sampler's images are compared
+        with the same real features, computed once."""
+        self.fid.reset()  # reset_real_features=False: the real images' moments stay
+        self.features[False] = []
 
     def compute(self) -> dict[str, float]:
         """The metrics by name, with the network's test accuracy (where known) beside them."""
@@ -134,3 +149,71 @@ class SampleQuality:
         if self.network.test_accuracy is not None:
             metrics[f"{name}_test_accuracy"] = self.network.test_accuracy
         return metrics
+
+
+@torch.no_grad()
+def sample_metrics(
+    model, datamodule, samples_cfg, ckpt_path: str | None = None
+) -> dict[str, float]:
+    """The metrics of `samples_cfg.n` prior samples and as many Gaussian-mixture samples
+    (gmm_sampler, `samples_cfg.gmm_components`, the mixture of `ckpt_path` or fitted now)
+    against as many test images (all where the split is smaller, and then as many samples:
+    precision and recall compare sets of one size), as test/<metric> and
+    test/<metric>_gmm, with the feature network's test accuracy; nothing for data without a
+    shipped feature network (a log line says so)."""
+    data_name = datamodule.name or type(datamodule).__name__  # LightningDataModule: None
+    network = shipped_features(data_name, model.image_shape)
+    if network is None:
+        log.info(
+            "no sample metrics: the data (%s, %s) has no feature network (Fashion-MNIST at "
+            "1x28x28 has one)", data_name, "x".join(map(str, model.image_shape)),
+        )  # fmt: skip
+        return {}
+    device = next(model.parameters()).device
+    quality = SampleQuality(network.to(device))
+    test_images = datamodule.by_batch(datamodule.split("test"))
+    n, batch_size = min(samples_cfg.n, len(test_images)), samples_cfg.batch_size
+    batches = torch.arange(n).split(batch_size)
+    with Progress("features of the test images", n, "images") as progress:
+        for index in batches:  # grey, as the feature network was trained, even if binarised
+            quality.update(to_unit_float(test_images[index][0]).to(device), real=True)
+            progress.advance(len(index))
+
+    # (suffix of the metrics' names, what is sampled, a generator where its draws are made)
+    def prior_draws(count: int, generator: torch.Generator) -> torch.Tensor:
+        # a conditional model's: the classes in turn, each as often
+        y = torch.arange(count, device=device) % model.n_classes if model.n_classes else None
+        return model.sample(count, generator, y=y)
+
+    samplers: list[tuple[str, str, torch.Generator, Callable]] = [
+        ("", "prior", torch.Generator(device), prior_draws),
+    ]
+    # No mixture for a VQ-VAE's code maps (its prior is learned) or a conditional decoder (the
+    # mixture of every class's codes names no class).
+    if model.posterior.traversable and not model.n_classes:
+        mixture = gmm_of_checkpoint(
+            model, datamodule, ckpt_path, samples_cfg.gmm_components, batch_size
+        )
+        samplers.append(
+            (
+                "_gmm",
+                "Gaussian mixture",
+                torch.Generator(),  # the mixture draws on the CPU, in float64
+                lambda count, generator: model.decode(
+                    mixture.sample(count, generator).to(device, torch.float32)
+                ),
+            )
+        )
+    metrics = {}
+    for suffix, name, generator, draw in samplers:
+        generator.manual_seed(samples_cfg.seed)
+        with Progress(f"{name} samples and their features", n, "images") as progress:
+            for index in batches:
+                quality.update(draw(len(index), generator), real=False)
+                progress.advance(len(index))
+        torch.manual_seed(samples_cfg.seed)  # KID's random subsets
+        for key, value in quality.compute().items():
+            of_the_network = key.endswith("_test_accuracy")  # the same for both samplers
+            metrics[f"test/{key}" if of_the_network else f"test/{key}{suffix}"] = value
+        quality.forget_generated()
+    return metrics

@@ -13,12 +13,16 @@ from omegaconf import DictConfig
 from torchvision.utils import save_image
 
 from vae_lightning.config import SAMPLE_RULES, check_config
+from vae_lightning.data.classes import class_index
+from vae_lightning.drawing import grid as tiled
 from vae_lightning.drawing import (
     interpolation_grid,
     reconstruction_grid,
     sample_grid,
     traversal_grid,
 )
+from vae_lightning.errors import ConfigError
+from vae_lightning.gmm_sampler import gmm_of_checkpoint
 from vae_lightning.module import VAE
 from vae_lightning.runs import load_checkpoint_model, run_data_config, run_dir_of
 
@@ -28,21 +32,58 @@ log = logging.getLogger(__name__)
 N_KL_IMAGES = 500
 
 
+def chosen_class(cfg: DictConfig, model: VAE) -> int | None:
+    """The class index `label=` names, by index or by one of the names the checkpoint saved;
+    a ConfigError where the model has no condition or the mode draws no samples."""
+    if cfg.label is None:
+        return None
+    if not model.n_classes:
+        allowed = "null: the checkpoint's model is unconditional (not model.condition=label)"
+        raise ConfigError("label", cfg.label, allowed)
+    if cfg.mode != "prior":
+        allowed = f"null with mode={cfg.mode}: its test images are decoded as their own classes"
+        raise ConfigError("label", cfg.label, allowed)
+    names = model.hparams.class_names or [str(index) for index in range(model.n_classes)]
+    return class_index(cfg.label, names)
+
+
 def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
-    """The grids of one mode, by file name (without .png)."""
+    """The grids of one mode, by file name (without .png); a conditional model's samples are of
+    the class `label=` names, or a row per class, its other grids of the test images' classes."""
+    label = chosen_class(cfg, model)
+    if cfg.mode == "prior" and cfg.sampler == "prior":
+        return {"prior": sample_grid(model, cfg.n, temperature=cfg.temperature, label=label)}
+    if cfg.mode == "traverse" and not model.posterior.traversable:
+        allowed = "prior, reconstruct or interpolate: a VQ-VAE's code map has no dimension to sweep"
+        raise ConfigError("mode", cfg.mode, allowed)
+    if cfg.sampler == "gmm" and not model.posterior.traversable:
+        allowed = "prior: a VQ-VAE draws its code maps from its prior (model=vqvae_prior)"
+        raise ConfigError("sampler", cfg.sampler, allowed)
+    if cfg.sampler == "gmm" and model.n_classes:
+        allowed = "prior: the mixture is of every class's codes; a conditional decoder needs one"
+        raise ConfigError("sampler", cfg.sampler, allowed)
+    needed_by = f"mode={cfg.mode}" if cfg.mode != "prior" else "sampler=gmm"
+    datamodule = instantiate(run_data_config(cfg.ckpt_path, needed_by))
     if cfg.mode == "prior":
-        return {"prior": sample_grid(model, cfg.n, temperature=cfg.temperature)}
-    datamodule = instantiate(run_data_config(cfg.ckpt_path, f"mode={cfg.mode}"))
+        mixture = gmm_of_checkpoint(model, datamodule, cfg.ckpt_path, cfg.gmm_components)
+        z = mixture.sample(cfg.n).to(torch.get_default_dtype())
+        return {"gmm": tiled(model.decode(z), nrow=8)}  # as sample_grid tiles the prior's
     if cfg.mode == "reconstruct":
-        return {"reconstruct": reconstruction_grid(model, datamodule.examples("test", cfg.n)[0])}
+        images, labels = datamodule.examples("test", cfg.n)
+        y = model.condition_of(labels, datamodule)
+        return {"reconstruct": reconstruction_grid(model, images, y)}
     if cfg.mode == "interpolate":
-        images, _ = datamodule.examples("test", 2 * cfg.n)
-        return {"interpolate": interpolation_grid(model, images, cfg.steps)}
-    images, _ = datamodule.examples("test", max(cfg.n, N_KL_IMAGES))
-    mu, _ = model.encode(images)
-    order = model.kl_per_dim(images).mean(dim=0).argsort(descending=True)
+        images, labels = datamodule.examples("test", 2 * cfg.n)
+        y = model.condition_of(labels, datamodule)
+        return {"interpolate": interpolation_grid(model, images, cfg.steps, y)}
+    images, labels = datamodule.examples("test", max(cfg.n, N_KL_IMAGES))
+    y = model.condition_of(labels, datamodule)
+    mu, _ = model.encode(images, y)
+    order = model.kl_per_dim(images, y).mean(dim=0).argsort(descending=True)
     return {
-        f"traverse_{i:03d}": traversal_grid(model, mu[i], order, cfg.span, cfg.steps)
+        f"traverse_{i:03d}": traversal_grid(
+            model, mu[i], order, cfg.span, cfg.steps, None if y is None else y[i]
+        )
         for i in range(min(cfg.n, len(mu)))
     }
 

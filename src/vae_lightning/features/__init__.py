@@ -120,6 +120,17 @@ def fashion_mnist_features() -> ClassifierFeatures:
     )
 
 
+# The data sets with a shipped feature network: data name -> (image shape, the network's maker).
+SHIPPED = {"fashion_mnist": ((1, 28, 28), fashion_mnist_features)}
+
+
+def shipped_features(data_name: str, image_shape) -> FeatureNetwork | None:
+    """The package's feature network of a data set at the shape it was trained on; None for
+    other data or shapes."""
+    shape, make = SHIPPED.get(data_name, (None, None))
+    return make() if shape == tuple(image_shape) else None
+
+
 class InceptionFeatures(FeatureNetwork):
     """The 2048 pool features of an Inception v3 that a user provides, named
     `inception_features`. Grey images are repeated to three channels and every image is resized

@@ -30,7 +30,9 @@ def check_conv_layers(image_shape: tuple[int, int, int], hidden_dims: Sequence[i
 class ConvNetwork(EncoderDecoder):
     """Encoder: `hidden_dims` stride-2 convolutions, a dense layer of `dense_dim`, the posterior's
     parameters; decoder: dense layers, then the transposed convolutions back to the likelihood's
-    `out_channels`. Image sides must be divisible by 2 ** len(hidden_dims)."""
+    `out_channels`. Image sides must be divisible by 2 ** len(hidden_dims). With `n_classes`,
+    the first convolution reads the one-hot class as that many channels more, and the first
+    dense layer of the decoder the one-hot class beside z."""
 
     def __init__(
         self,
@@ -40,14 +42,16 @@ class ConvNetwork(EncoderDecoder):
         out_channels: int,
         hidden_dims: Sequence[int] = (32, 64),
         dense_dim: int = 256,
+        n_classes: int = 0,
     ):
         super().__init__()
         check_conv_layers(image_shape, hidden_dims)
         require(positive_int(dense_dim), "model.network.dense_dim", dense_dim, "e.g. 256")
+        self.n_classes = n_classes
         height, width = conv_downsampling(image_shape, len(hidden_dims))
         flat = hidden_dims[-1] * height * width
         layers: list[nn.Module] = []
-        for c_in, c_out in pairwise([image_shape[0], *hidden_dims]):
+        for c_in, c_out in pairwise([image_shape[0] + n_classes, *hidden_dims]):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         self.encoder = nn.Sequential(
             *layers,
@@ -58,7 +62,7 @@ class ConvNetwork(EncoderDecoder):
         )
         channels = [*reversed(hidden_dims), out_channels]
         layers = [
-            nn.Linear(latent_dim, dense_dim),
+            nn.Linear(latent_dim + n_classes, dense_dim),
             nn.ReLU(),
             nn.Linear(dense_dim, flat),
             nn.ReLU(),

@@ -19,7 +19,9 @@ def relu_layers(sizes: Sequence[int]) -> list[nn.Module]:
 
 class MLPNetwork(EncoderDecoder):
     """Encoder: the flattened image through ReLU layers of `hidden_dims`, then the posterior's
-    parameters; decoder: the reverse, to the likelihood's `out_channels` per pixel."""
+    parameters; decoder: the reverse, to the likelihood's `out_channels` per pixel. With
+    `n_classes`, the image's one-hot class channels are flattened in too, and the decoder reads
+    the one-hot class beside z."""
 
     def __init__(
         self,
@@ -28,6 +30,7 @@ class MLPNetwork(EncoderDecoder):
         encoder_outputs: int,
         out_channels: int,
         hidden_dims: Sequence[int] = (400,),
+        n_classes: int = 0,
     ):
         super().__init__()
         require(
@@ -36,15 +39,17 @@ class MLPNetwork(EncoderDecoder):
             hidden_dims,
             "a non-empty list of positive integers, e.g. [400]",
         )
-        pixels = math.prod(image_shape)
+        self.n_classes = n_classes
+        channels, height, width = image_shape
+        inputs = (channels + n_classes) * height * width
         self.encoder = nn.Sequential(
             nn.Flatten(),
-            *relu_layers([pixels, *hidden_dims]),
+            *relu_layers([inputs, *hidden_dims]),
             nn.Linear(hidden_dims[-1], encoder_outputs),
         )
         output_shape = (out_channels, *image_shape[1:])
         self.decoder = nn.Sequential(
-            *relu_layers([latent_dim, *reversed(hidden_dims)]),
+            *relu_layers([latent_dim + n_classes, *reversed(hidden_dims)]),
             nn.Linear(hidden_dims[0], math.prod(output_shape)),
             nn.Unflatten(1, output_shape),
         )

@@ -16,6 +16,8 @@ class Posterior(nn.Module):
     """
 
     encoder_outputs: int
+    # Whether z has continuous dimensions that latent traversals can sweep.
+    traversable: bool = True
 
     def gaussian(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -30,6 +32,10 @@ class Posterior(nn.Module):
         (k, batch). stop_posterior_grad detaches q's parameters inside log q, not in z: the
         doubly-reparameterised gradient (objectives.iwae) needs only the path through z."""
         raise NotImplementedError
+
+    def logged(self) -> dict[str, torch.Tensor]:
+        """Values of its own to log, named without a stage (the VQ's codebook perplexity)."""
+        return {}
 
     def kl(
         self, h: torch.Tensor, z: torch.Tensor, log_q: torch.Tensor, prior: nn.Module

@@ -12,9 +12,10 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from vae_lightning.errors import ConfigError
+from vae_lightning.posteriors import Posterior
+from vae_lightning.posteriors.gaussian import LOGVAR_RANGE
 
 
 class Quantized(NamedTuple):
@@ -43,14 +44,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(Posterior):
     """A codebook of `n_codes` vectors of size `latent_dim` over encoder maps (B, latent_dim,
-    h, w).
+    h, w): `model.posterior=vq`, with the code-map network and a prior over codes (model=vqvae).
 
-    In training mode each call also moves the codebook (decay: the EMA's weight on its past;
-    epsilon: the Laplace smoothing of the cluster sizes, which keeps an unused code's division
-    finite) and restarts every code whose EMA cluster size, its average count of assigned
-    vectors per batch, is below `dead_code_threshold` (0: never restart).
+    In training mode each call (with `update`) also moves the codebook (decay: the EMA's weight
+    on its past; epsilon: the Laplace smoothing of the cluster sizes, which keeps an unused
+    code's division finite) and restarts every code whose EMA cluster size, its average count of
+    assigned vectors per batch, is below `dead_code_threshold` (0: never restart).
     """
 
     def __init__(
@@ -102,14 +103,42 @@ class VectorQuantizer(nn.Module):
         # so the codebook starts at encoder outputs rather than at its random draw.
         self.register_buffer("cluster_size", torch.zeros(n_codes))
         self.register_buffer("code_sum", torch.zeros(n_codes, latent_dim))
+        self.last_statistics: dict[str, torch.Tensor] = {}
 
-    def forward(self, z_e: torch.Tensor) -> Quantized:
+    # A code map has no continuous dimension to sweep: no latent traversals.
+    traversable = False
+
+    def forward(self, z_e: torch.Tensor, update: bool = True) -> Quantized:
+        """The quantised map; in training mode with `update` (False: the encoder is frozen, as
+        in the second stage) the codebook moves too. Its perplexity and usage are then what
+        `logged()` gives."""
         # In the codebook's precision even under mixed precision: bfloat16 distances pick wrong
         # codes and bfloat16 sums of many vectors lose their low digits.
         with torch.autocast(z_e.device.type, enabled=False):
-            return self.quantize(z_e.to(self.codebook.dtype))
+            quantized = self.quantize(z_e.to(self.codebook.dtype), update)
+        self.last_statistics = {"perplexity": quantized.perplexity, "usage": quantized.usage}
+        return quantized
 
-    def quantize(self, z_e: torch.Tensor) -> Quantized:
+    def logged(self) -> dict[str, torch.Tensor]:
+        return self.last_statistics
+
+    def codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        """The nearest code at each position of the maps (B, h, w), the codebook left alone."""
+        with torch.autocast(z_e.device.type, enabled=False):
+            flat = z_e.to(self.codebook.dtype).movedim(1, -1).reshape(-1, z_e.shape[1])
+            return self.nearest_codes(flat).view(z_e.shape[0], *z_e.shape[2:])
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        """The quantised map, what the decoder reads."""
+        return self.lookup(self.codes(h))
+
+    def gaussian(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z|x) is a point mass at the quantised map: it flattened (B, D*h*w) as mu, and log
+        sigma^2 at the floor of the Gaussian posteriors' range."""
+        mu = self.mean(h).flatten(1)
+        return mu, torch.full_like(mu, LOGVAR_RANGE[0])
+
+    def quantize(self, z_e: torch.Tensor, update: bool = True) -> Quantized:
         flat = z_e.detach().movedim(1, -1).reshape(-1, z_e.shape[1])
         codes = self.nearest_codes(flat)
         # Sums over one-hot rows by matmul rather than index_add_, whose atomic adds on a GPU land
@@ -118,7 +147,7 @@ class VectorQuantizer(nn.Module):
         counts = one_hot.sum(0)
         e = self.codebook[codes].view(*z_e.shape[:1], *z_e.shape[2:], -1).movedim(-1, 1)
         commitment_loss = self.commitment * (z_e - e).pow(2).flatten(1).sum(1)
-        if self.training:
+        if self.training and update:
             self.update_codebook(flat, one_hot, counts)
         probs = counts / counts.sum()
         return Quantized(

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vae_lightning.errors import ConfigError
+from vae_lightning.priors import Prior
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -59,10 +60,13 @@ class GatedLayer(nn.Module):
         return gate(v_pre), h_out if self.shift else h_out + h
 
 
-class GatedPixelCNN(nn.Module):
-    """p(codes) over (B, h, w) maps of `n_codes` codes: an embedding of each code (`channels`
+class GatedPixelCNN(Prior):
+    """p(codes) over (B, h, w) maps of `n_codes` codes (the posterior's codebook size), the
+    VQ-VAE's learned prior (model=vqvae_prior): an embedding of each code (`channels`
     wide), `n_layers` gated layers of `kernel_size` (odd, at least 3, so the vertical stack
     widens as it deepens), and a 1x1 head giving the logits of every position's code."""
+
+    analytic_kl = False
 
     def __init__(self, n_codes: int, channels: int = 64, n_layers: int = 8, kernel_size: int = 3):
         super().__init__()
@@ -100,20 +104,29 @@ class GatedPixelCNN(nn.Module):
             v, h = layer(v, h)
         return self.head(h)
 
+    def log_prob_per_position(self, codes: torch.Tensor) -> torch.Tensor:
+        """log p(code_ij | the codes before it) of each position (B, h, w), in nats."""
+        return -F.cross_entropy(self.logits(codes), codes, reduction="none")
+
     def log_prob(self, codes: torch.Tensor) -> torch.Tensor:
         """log p(codes) (B,) in nats, summed over positions."""
-        return -F.cross_entropy(self.logits(codes), codes, reduction="none").flatten(1).sum(1)
+        return self.log_prob_per_position(codes).flatten(1).sum(1)
 
     @torch.no_grad()
-    def sample(
-        self, n: int, shape: tuple[int, int], generator: torch.Generator | None = None
+    def sample_codes(
+        self,
+        n: int,
+        shape: tuple[int, int],
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
         """n code maps (n, *shape) drawn position by position in raster order, on the prior's
-        device; `generator` (on that device) makes the draws repeatable."""
+        device, from the logits divided by `temperature` (below 1: fewer, likelier codes);
+        `generator` (on that device) makes the draws repeatable."""
         device = self.embedding.weight.device
         codes = torch.zeros(n, *shape, dtype=torch.long, device=device)
         for i in range(shape[0]):
             for j in range(shape[1]):
-                probs = self.logits(codes)[:, :, i, j].softmax(dim=1)
+                probs = (self.logits(codes)[:, :, i, j] / temperature).softmax(dim=1)
                 codes[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         return codes
