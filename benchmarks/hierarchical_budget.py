@@ -9,9 +9,9 @@ same contention on a shared machine, each stopped by Lightning's `trainer.max_ti
 ModelCheckpoint with `train_time_interval` keeps the weights every `--every` seconds of
 training; each of those and the final weights are evaluated with a smaller k (`--curve-k`) on
 the first `--curve-images` test images for the curve of test NLL against training time
-(figures/hierarchical_budget_nll.png; the time of a checkpoint is its file's age since the
-run's start), and the final weights with `--k` on the first `--test-images` test images, by
-likelihood_table.py's evaluation and its image-by-image difference. Runs go to
+(docs/benchmarks/figures/hierarchical_budget_nll.png; the time of a checkpoint is its file's
+age since the run's start), and the final weights with `--k` on the first `--test-images` test
+images, by likelihood_table.py's evaluation and its image-by-image difference. Runs go to
 outputs/hierarchical_budget/<row>/.
 """
 
