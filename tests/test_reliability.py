@@ -65,11 +65,11 @@ def test_bad_value_names_key_and_what_is_allowed(tmp_path, override, key):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["model=foo"], "model='foo' is not allowed: one of conv, hierarchical, mlp"),
+        (["model=foo"], "model='foo' is not allowed: one of conv, hierarchical, m2, mlp, vqvae, "),
         (["model.network=resnet"], "model.network='resnet' is not allowed: one of conv, "),
         (["model.likelihood=gaussian_lerned"], "model.likelihood='gaussian_lerned' is not "),
         (["data=foo", "model.beta=2"], "data='foo' is not allowed: one of celeba, cifar10, "),
-        (["-m", "model=conv,foo"], "model='foo' is not allowed: one of conv, hierarchical, mlp"),
+        (["-m", "model=conv,foo"], "model='foo' is not allowed: one of conv, hierarchical, m2, "),
         (["+experiment=nope"], "experiment='nope' is not allowed: one of beta_vae_shapes"),
         (["arm=beta_tc"], "arm='beta_tc' is not allowed: one of beta_tc_beta4, beta_tc_beta8"),
     ],
@@ -100,7 +100,7 @@ def test_train_py_unknown_group_option_is_one_line(tmp_path):
     result = run_script("train.py", "model=foo", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "error: model='foo' is not allowed: one of conv, hierarchical, mlp "
+        "error: model='foo' is not allowed: one of conv, hierarchical, m2, mlp, vqvae, vqvae_prior "
         "(the files in conf/model/)"
     ]
 

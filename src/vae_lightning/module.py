@@ -259,11 +259,12 @@ class VAE(
         return self.posterior.gaussian(h)
 
     def posterior_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The deterministic z of q(z|x) that reconstructions decode (batch, latent_dim): mu of
-        a Gaussian posterior, a flow's image of its base mu (not `encode`'s mu, which the flow
-        moves), the top layer's in a hierarchy."""
+        """The deterministic z of q(z|x) that reconstructions decode, (batch, latent features)
+        as `decode` takes it: mu of a Gaussian posterior, a flow's image of its base mu (not
+        `encode`'s mu, which the flow moves), the top layer's in a hierarchy, a VQ-VAE's
+        quantised code map flattened."""
         h = self.network.encode(self._in_memory_format(x), **self._given(y))
-        return self.posterior.mean(h)
+        return self.posterior.mean(h).flatten(1)
 
     def _in_memory_format(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
