@@ -71,6 +71,17 @@ def gmm_path(ckpt_path: str | Path) -> Path:
     return ckpt.with_name(f"{ckpt.stem}.gmm.safetensors")
 
 
+def why_no_mixture(model) -> str | None:
+    """Why a Gaussian mixture of the posterior's codes cannot sample `model`, or None: a
+    VQ-VAE's code maps come from its learned prior, and a conditional decoder needs one class,
+    which a mixture of every class's codes does not name."""
+    if not model.posterior.traversable:
+        return "a VQ-VAE draws its code maps from its prior (model=vqvae_prior)"
+    if model.n_classes:
+        return "the mixture is of every class's codes; a conditional decoder needs one"
+    return None
+
+
 @torch.no_grad()
 def posterior_means(model, datamodule, batch_size: int) -> torch.Tensor:
     """The posterior's mean z (N, D) of every training image, the code its reconstruction

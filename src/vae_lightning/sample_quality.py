@@ -29,7 +29,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from vae_lightning.data.in_memory import to_unit_float
 from vae_lightning.features import FeatureNetwork, shipped_features
-from vae_lightning.gmm_sampler import gmm_of_checkpoint
+from vae_lightning.gmm_sampler import gmm_of_checkpoint, why_no_mixture
 from vae_lightning.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -188,9 +188,7 @@ def sample_metrics(
     samplers: list[tuple[str, str, torch.Generator, Callable]] = [
         ("", "prior", torch.Generator(device), prior_draws),
     ]
-    # No mixture for a VQ-VAE's code maps (its prior is learned) or a conditional decoder (the
-    # mixture of every class's codes names no class).
-    if model.posterior.traversable and not model.n_classes:
+    if why_no_mixture(model) is None:
         mixture = gmm_of_checkpoint(
             model, datamodule, ckpt_path, samples_cfg.gmm_components, batch_size
         )

@@ -22,7 +22,7 @@ from vae_lightning.drawing import (
     traversal_grid,
 )
 from vae_lightning.errors import ConfigError
-from vae_lightning.gmm_sampler import gmm_of_checkpoint
+from vae_lightning.gmm_sampler import gmm_of_checkpoint, why_no_mixture
 from vae_lightning.module import VAE
 from vae_lightning.runs import load_checkpoint_model, run_data_config, run_dir_of
 
@@ -56,12 +56,9 @@ def sample_grids(cfg: DictConfig, model: VAE) -> dict[str, torch.Tensor]:
     if cfg.mode == "traverse" and not model.posterior.traversable:
         allowed = "prior, reconstruct or interpolate: a VQ-VAE's code map has no dimension to sweep"
         raise ConfigError("mode", cfg.mode, allowed)
-    if cfg.sampler == "gmm" and not model.posterior.traversable:
-        allowed = "prior: a VQ-VAE draws its code maps from its prior (model=vqvae_prior)"
-        raise ConfigError("sampler", cfg.sampler, allowed)
-    if cfg.sampler == "gmm" and model.n_classes:
-        allowed = "prior: the mixture is of every class's codes; a conditional decoder needs one"
-        raise ConfigError("sampler", cfg.sampler, allowed)
+    no_mixture = why_no_mixture(model)
+    if cfg.sampler == "gmm" and no_mixture:
+        raise ConfigError("sampler", cfg.sampler, f"prior: {no_mixture}")
     needed_by = f"mode={cfg.mode}" if cfg.mode != "prior" else "sampler=gmm"
     datamodule = instantiate(run_data_config(cfg.ckpt_path, needed_by))
     if cfg.mode == "prior":
