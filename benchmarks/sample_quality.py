@@ -10,9 +10,9 @@ It draws n images from the prior (10,000 by default, from a generator of the see
 of the run's test images (all of them where the split is smaller), and prints the metrics
 (vae_lightning.sample_quality) with the feature network's test accuracy beside them; they go to
 `out` too (default: <run dir>/sample_quality.json). The feature network is the package's
-Fashion-MNIST classifier, so a run on other data needs `inception=PATH`: Inception v3 weights
-(vae_lightning.features.inception_features says which files). Numbers of the Fashion-MNIST
-network are NOT Inception FIDs, and the output says so.
+classifier of the run's data (Fashion-MNIST, the shapes), so a run on other data needs
+`inception=PATH`: Inception v3 weights (vae_lightning.features.inception_features says which
+files). Numbers of a shipped network are NOT Inception FIDs, and the output says so.
 """
 
 import json
@@ -28,7 +28,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vae_lightning.data.in_memory import to_unit_float
 from vae_lightning.errors import ConfigError, UserError
-from vae_lightning.features import FeatureNetwork, inception_features, shipped_features
+from vae_lightning.features import (
+    FeatureNetwork,
+    inception_features,
+    shipped_data,
+    shipped_features,
+)
 from vae_lightning.progress import Progress
 from vae_lightning.runs import load_checkpoint_model, run_data_config, run_dir_of
 from vae_lightning.sample_quality import SampleQuality
@@ -63,7 +68,7 @@ def feature_network(inception: str | None, data_name: str, image_shape) -> Featu
             "inception",
             None,
             f"the run's data ({data_name}, {tuple(image_shape)}) has no shipped feature network "
-            "(Fashion-MNIST at 1x28x28 has one): give inception=PATH, Inception v3 weights",
+            f"({shipped_data()} have one): give inception=PATH, Inception v3 weights",
         )
     return network
 
@@ -132,12 +137,12 @@ def main(argv: list[str]) -> None:
     out.write_text(json.dumps(metrics, indent=2) + "\n")
     for name, value in metrics.items():
         print(f"{name}: {value:.6g}" if isinstance(value, float) else f"{name}: {value}")
-    accuracy = next((v for k, v in metrics.items() if k.endswith("_test_accuracy")), None)
+    accuracy = next((k for k in metrics if k.endswith("_test_accuracy")), None)
     if accuracy is not None:
         print(
             "These are NOT Inception FIDs: the features are those of vae_lightning's own "
-            f"Fashion-MNIST classifier (test accuracy {accuracy:.4f}); compare them only with "
-            "numbers of the same network."
+            f"{accuracy.removesuffix('_features_test_accuracy')} classifier (test accuracy "
+            f"{metrics[accuracy]:.4f}); compare them only with numbers of the same network."
         )
     print(f"written to {out}")
 

@@ -15,6 +15,7 @@ from tests.helpers import FASHION_MNIST_SUBSET, ROOT, make_config, part, run_scr
 from vae_lightning.cli import evaluate, train
 from vae_lightning.data import ShapesDataModule
 from vae_lightning.data.in_memory import to_unit_float
+from vae_lightning.features import SHAPES
 from vae_lightning.gmm_sampler import (
     GaussianMixtureSampler,
     gmm_of_checkpoint,
@@ -143,13 +144,28 @@ def test_an_iaf_posteriors_mixture_is_fitted_where_the_decoder_reads_codes():
 
 
 def test_data_without_a_feature_network_get_no_sample_metrics_and_a_line_why(caplog):
-    model = VAE(image_shape=(1, 32, 32), network=NETWORK, latent_dim=2)
+    model = VAE(image_shape=(1, 64, 64), network=NETWORK, latent_dim=2)
     settings = OmegaConf.create({"n": 10, "batch_size": 5, "seed": 0, "gmm_components": 2})
     with caplog.at_level(logging.INFO):
-        assert sample_metrics(model, ShapesDataModule(size=64, image_size=32), settings) == {}
-    assert "no sample metrics: the data (ShapesDataModule, 1x32x32) has no feature network" in (
-        caplog.text
-    )
+        assert sample_metrics(model, ShapesDataModule(size=64, image_size=64), settings) == {}
+    assert (
+        "no sample metrics: the data (shapes, 1x64x64) has no feature network (fashion_mnist at "
+        "1x28x28, shapes at 1x32x32 have one)"
+    ) in caplog.text
+
+
+def test_shapes_runs_report_sample_metrics_in_the_shapes_networks_features(tmp_path):
+    cfg = make_config(
+        tmp_path / "run", f"data.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=4", "callbacks.pictures=null", "logger=[]",
+        "eval.iwae_k=2", *SAMPLES,
+    )  # fmt: skip
+    metrics = train(cfg)
+    keys = {f"test/{m}_shapes_features{s}" for m in METRICS for s in ("", "_gmm")}
+    assert keys <= set(metrics)
+    assert metrics["test/shapes_features_test_accuracy"] == SHAPES.record()["test_accuracy"]
+    assert all(0 <= metrics[f"test/{m}_shapes_features"] <= 1 for m in ("precision", "recall"))
+    assert metrics["test/fid_shapes_features_gmm"] != metrics["test/fid_shapes_features"] > 0
 
 
 def fashion_mnist_run(tmp_path, *overrides: str) -> dict:

@@ -48,8 +48,8 @@ def test_an_installed_wheel_trains_from_any_directory_with_a_users_own_config(tm
     assert located.stdout.startswith(str(env))  # not this checkout's conf/
     # the feature network's weights ship inside, and load there with their SHA-256 checked
     load_weights = (
-        "import vae_lightning.features as f; f.fashion_mnist_classifier(); "
-        "print(f.FASHION_MNIST_WEIGHTS)"
+        "import vae_lightning.features as f; f.FASHION_MNIST.classifier(); "
+        "print(f.FASHION_MNIST.weights)"
     )
     shipped = run(python, "-c", load_weights, cwd=elsewhere)
     assert shipped.stdout.startswith(str(env))

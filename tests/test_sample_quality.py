@@ -11,14 +11,14 @@ from torch import nn
 
 from tests.helpers import FASHION_MNIST_SUBSET, TINY, run_script
 from vae_lightning.data.in_memory import to_unit_float
+from vae_lightning.data.shapes import FACTOR_NAMES, render, sample_factor_indices
 from vae_lightning.data.sources import read_idx_split
 from vae_lightning.features import (
-    FASHION_MNIST_WEIGHTS,
+    FASHION_MNIST,
+    SHAPES,
+    SHIPPED,
     DamagedWeightsError,
     FeatureNetwork,
-    fashion_mnist_classifier,
-    fashion_mnist_features,
-    fashion_mnist_record,
     inception_features,
 )
 from vae_lightning.sample_quality import SampleQuality, precision_recall
@@ -131,7 +131,7 @@ def test_a_generated_subset_has_full_precision_and_the_recall_its_balls_reach():
 
 
 def test_the_metrics_are_named_after_their_network_with_its_test_accuracy_beside_them():
-    network = fashion_mnist_features()
+    network = FASHION_MNIST.features()
     images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(7))
     quality = SampleQuality(network)
     quality.update(images[:4], real=True)
@@ -140,7 +140,7 @@ def test_the_metrics_are_named_after_their_network_with_its_test_accuracy_beside
     assert set(metrics) == {
         f"{kind}_fmnist_features" for kind in ("fid", "kid", "kid_std", "precision", "recall")
     } | {"fmnist_features_test_accuracy"}
-    assert metrics["fmnist_features_test_accuracy"] == fashion_mnist_record()["test_accuracy"]
+    assert metrics["fmnist_features_test_accuracy"] == FASHION_MNIST.record()["test_accuracy"]
 
 
 def test_the_shipped_network_classifies_the_real_test_subset_about_as_recorded():
@@ -148,22 +148,39 @@ def test_the_shipped_network_classifies_the_real_test_subset_about_as_recorded()
     recorded on all 10,000."""
     test = read_idx_split(FASHION_MNIST_SUBSET, "test", size=28, channels=1)
     with torch.no_grad():
-        predicted = fashion_mnist_classifier()(to_unit_float(test.images)).argmax(dim=1)
+        predicted = FASHION_MNIST.classifier()(to_unit_float(test.images)).argmax(dim=1)
     accuracy = (predicted == test.labels).double().mean().item()
-    recorded = fashion_mnist_record()["test_accuracy"]
+    recorded = FASHION_MNIST.record()["test_accuracy"]
     assert recorded > 0.85
     assert accuracy == pytest.approx(recorded, abs=3 * math.sqrt(recorded * (1 - recorded) / 200))
 
 
-def test_a_changed_weights_file_is_refused_by_its_checksum(tmp_path):
-    copy = tmp_path / FASHION_MNIST_WEIGHTS.name
-    shutil.copyfile(FASHION_MNIST_WEIGHTS, copy)
-    fashion_mnist_classifier(copy)  # the intact copy loads
+def test_the_shapes_network_tells_the_factors_of_its_test_images_about_as_recorded():
+    """500 of its 10,000 test images, rendered again from the grid points the tool drew: each
+    factor's accuracy within 3 standard deviations of a binomial at the recorded one."""
+    record = SHAPES.record()
+    factors = sample_factor_indices(record["grid_points_drawn"], record["seed"])[-500:]
+    with torch.no_grad():
+        logits = SHAPES.classifier()(to_unit_float(render(factors, 32)))
+    recorded = record["factor_test_accuracies"]
+    assert list(recorded) == list(FACTOR_NAMES) and recorded["shape"] == record["test_accuracy"]
+    for name, head, column in zip(FACTOR_NAMES, logits, factors.T, strict=True):
+        accuracy = (head.argmax(dim=1) == column).double().mean().item()
+        spread = 3 * math.sqrt(recorded[name] * (1 - recorded[name]) / 500)
+        assert accuracy == pytest.approx(recorded[name], abs=spread), name
+    assert recorded["shape"] > 0.9 and recorded["pos_x"] > 0.5  # chance: 1/3 and 1/32
+
+
+@pytest.mark.parametrize("shipped", SHIPPED.values(), ids=list(SHIPPED))
+def test_a_changed_weights_file_is_refused_by_its_checksum(tmp_path, shipped):
+    copy = tmp_path / shipped.weights.name
+    shutil.copyfile(shipped.weights, copy)
+    shipped.classifier(copy)  # the intact copy loads
     data = bytearray(copy.read_bytes())
     data[-1] ^= 1  # one bit of the last weight
     copy.write_bytes(bytes(data))
     with pytest.raises(DamagedWeightsError, match=f"{copy} has SHA-256 .* not the"):
-        fashion_mnist_classifier(copy)
+        shipped.classifier(copy)
 
 
 def grey_images(n: int, seed: int) -> torch.Tensor:
@@ -252,7 +269,7 @@ def test_the_benchmark_command_measures_a_trained_runs_prior_samples(tmp_path):
     assert written["generated_images"] == written["test_images"] == 40
     assert written["fid_fmnist_features"] > 0 and 0 <= written["recall_fmnist_features"] <= 1
     assert f"fid_fmnist_features: {written['fid_fmnist_features']:.6g}" in result.stdout
-    accuracy = fashion_mnist_record()["test_accuracy"]
+    accuracy = FASHION_MNIST.record()["test_accuracy"]
     assert "NOT Inception FIDs" in result.stdout
     assert f"test accuracy {accuracy:.4f}" in result.stdout
 

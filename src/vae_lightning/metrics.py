@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from vae_lightning.disentanglement import factor_metrics
 from vae_lightning.elbo import iwae_bound
-from vae_lightning.features import fashion_mnist_classifier, fashion_mnist_record
+from vae_lightning.features import SHIPPED, ShippedNetwork
 from vae_lightning.features.accuracy import conditional_accuracy
 from vae_lightning.progress import Progress, duration
 
@@ -89,26 +89,22 @@ class IwaeCostForecast:
         )
 
 
-# The data whose generated images the shipped classifier (features/) can judge.
-CLASSIFIED_DATA = {("fashion_mnist", (1, 28, 28))}
-
-
 @torch.no_grad()
 def conditional_sample_accuracy(
-    model: L.LightningModule, per_class: int, class_names: list[str], max_rows: int, seed: int = 0
+    model: L.LightningModule,
+    network: ShippedNetwork,
+    per_class: int,
+    class_names: list[str],
+    max_rows: int,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The conditional accuracy of `per_class` samples of each class (drawn from `seed`, at most
-    `max_rows` at a time), by the shipped Fashion-MNIST classifier, beside its own test accuracy
+    `max_rows` at a time), by the data's shipped classifier, beside its own test accuracy
     (features/accuracy.py), as test/ metrics."""
     generator = torch.Generator(model.device).manual_seed(seed)
     classes = torch.arange(model.n_classes, device=model.device).repeat_interleave(per_class)
     images = torch.cat([model.sample(len(y), generator, y=y) for y in classes.split(max_rows)])
-    accuracy = conditional_accuracy(
-        images,
-        classes,
-        fashion_mnist_classifier().to(model.device),
-        fashion_mnist_record()["test_accuracy"],
-    )
+    accuracy = conditional_accuracy(images, classes, network)
     return {f"test/{name}": value for name, value in accuracy.metrics(class_names).items()}
 
 
@@ -139,8 +135,9 @@ def evaluate_model(
     metrics still see every image.
 
     A conditional model is given each test image's class: its IWAE bound is of log p(x|y), and
-    `test/conditioned_on` says so; on Fashion-MNIST, `conditional_samples` per class (None:
-    none) give its conditional accuracy (conditional_sample_accuracy).
+    `test/conditioned_on` says so; on data with a shipped classifier (Fashion-MNIST, shapes),
+    `conditional_samples` per class (None: none) give its conditional accuracy
+    (conditional_sample_accuracy).
 
     A plain loop rather than trainer.test: active units and MIG need the posterior means of the
     whole split at once, which per-batch logging would average away.
@@ -201,10 +198,12 @@ def evaluate_model(
     }
     if model.n_classes:
         metrics["test/conditioned_on"] = model.hparams.condition
-        data = (getattr(datamodule, "name", None), tuple(datamodule.image_shape))
-        if conditional_samples and data in CLASSIFIED_DATA:
+        network = SHIPPED.get(getattr(datamodule, "name", None))
+        if conditional_samples and network and network.image_shape == datamodule.image_shape:
             names = model.hparams.class_names or datamodule.class_names
-            metrics |= conditional_sample_accuracy(model, conditional_samples, names, max_rows)
+            metrics |= conditional_sample_accuracy(
+                model, network, conditional_samples, names, max_rows
+            )
     if layer_kls:
         kl_per_layer = torch.cat(layer_kls).mean(dim=0).tolist()
         metrics["test/kl_per_layer"] = [round(v, 4) for v in kl_per_layer]

@@ -1,7 +1,7 @@
 """How good generated images are, measured against real ones in the space of a feature network
 (vae_lightning.features): FID, KID, and precision and recall.
 
-    quality = SampleQuality(fashion_mnist_features())
+    quality = SampleQuality(FASHION_MNIST.features())
     for images in real_batches: quality.update(images, real=True)
     for images in generated_batches: quality.update(images, real=False)
     quality.compute()  # {"fid_fmnist_features": ..., "kid_fmnist_features": ..., ...}
@@ -28,7 +28,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from vae_lightning.data.in_memory import to_unit_float
-from vae_lightning.features import FeatureNetwork, shipped_features
+from vae_lightning.features import FeatureNetwork, shipped_data, shipped_features
 from vae_lightning.gmm_sampler import gmm_of_checkpoint, why_no_mixture
 from vae_lightning.progress import Progress
 
@@ -165,14 +165,17 @@ def sample_metrics(
     network = shipped_features(data_name, model.image_shape)
     if network is None:
         log.info(
-            "no sample metrics: the data (%s, %s) has no feature network (Fashion-MNIST at "
-            "1x28x28 has one)", data_name, "x".join(map(str, model.image_shape)),
+            "no sample metrics: the data (%s, %s) has no feature network (%s have one)",
+            data_name, "x".join(map(str, model.image_shape)), shipped_data(),
         )  # fmt: skip
+        return {}
+    test_images = datamodule.by_batch(datamodule.split("test"))
+    n, batch_size = min(samples_cfg.n, len(test_images)), samples_cfg.batch_size
+    if n <= NEAREST_K:
+        log.info("no sample metrics: precision/recall needs more than %d test images", NEAREST_K)
         return {}
     device = next(model.parameters()).device
     quality = SampleQuality(network.to(device))
-    test_images = datamodule.by_batch(datamodule.split("test"))
-    n, batch_size = min(samples_cfg.n, len(test_images)), samples_cfg.batch_size
     batches = torch.arange(n).split(batch_size)
     with Progress("features of the test images", n, "images") as progress:
         for index in batches:  # grey, as the feature network was trained, even if binarised

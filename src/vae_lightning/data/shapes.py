@@ -108,6 +108,7 @@ class ShapesDataModule(InMemoryDataModule):
     (one per size, image size and seed) that later runs load; without, rendered at every run.
     The class is the shape: `labelled` keeps that many shapes known, balanced over the three."""
 
+    name = "shapes"  # LightningDataModule's; the sample metrics find their feature network by it
     label_names = FACTOR_NAMES
     labels_are_factors = True
     factor_sizes = FACTOR_SIZES

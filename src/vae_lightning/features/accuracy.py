@@ -6,9 +6,8 @@ accuracy on the real test images (the most the samples can be expected to reach)
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from vae_lightning.features import fashion_mnist_classifier, fashion_mnist_record
+from vae_lightning.features import FASHION_MNIST, ShippedNetwork
 
 
 @dataclass(frozen=True)
@@ -35,20 +34,18 @@ class ConditionalAccuracy:
 def conditional_accuracy(
     images: torch.Tensor,
     classes: torch.Tensor,
-    classifier: nn.Module | None = None,
-    classifier_test_accuracy: float | None = None,
+    network: ShippedNetwork = FASHION_MNIST,
     batch_size: int = 500,
 ) -> ConditionalAccuracy:
-    """How often `classifier` (images in [0, 1] to class logits (N, K); None: the shipped
-    Fashion-MNIST classifier, with its recorded test accuracy) puts `images` (N, C, H, W) in the
-    class they were generated for, `classes` (N,); `batch_size` images at a time."""
-    if classifier is None:
-        classifier = fashion_mnist_classifier()
-        classifier_test_accuracy = fashion_mnist_record()["test_accuracy"]
-    classifier.eval()
+    """How often the shipped classifier of a data set (its class: Fashion-MNIST's label, the
+    shapes' shape) puts `images` (N, C, H, W) in [0, 1] in the class they were generated for,
+    `classes` (N,), `batch_size` images at a time, beside its recorded test accuracy."""
+    classifier = network.classifier().to(images.device)
     with torch.no_grad():
-        predicted = torch.cat([classifier(part).argmax(dim=1) for part in images.split(batch_size)])
+        predicted = torch.cat(
+            [classifier.class_logits(part).argmax(dim=1) for part in images.split(batch_size)]
+        )
     right = (predicted == classes.to(predicted.device)).double().cpu()
     classes = classes.cpu()
     per_class = {c: right[classes == c].mean().item() for c in classes.unique().tolist()}
-    return ConditionalAccuracy(per_class, right.mean().item(), classifier_test_accuracy)
+    return ConditionalAccuracy(per_class, right.mean().item(), network.record()["test_accuracy"])
