@@ -154,6 +154,15 @@ def test_data_without_a_feature_network_get_no_sample_metrics_and_a_line_why(cap
     ) in caplog.text
 
 
+def test_a_test_split_too_small_for_precision_and_recall_gets_no_sample_metrics(caplog):
+    model = VAE(image_shape=(1, 32, 32), network=NETWORK, latent_dim=2)
+    settings = OmegaConf.create({"n": 10, "batch_size": 5, "seed": 0, "gmm_components": 2})
+    three_test_images = ShapesDataModule(size=30, image_size=32)
+    with caplog.at_level(logging.INFO):
+        assert sample_metrics(model, three_test_images, settings) == {}
+    assert "no sample metrics: precision/recall needs more than 3 test images" in caplog.text
+
+
 def test_shapes_runs_report_sample_metrics_in_the_shapes_networks_features(tmp_path):
     cfg = make_config(
         tmp_path / "run", f"data.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=1",
