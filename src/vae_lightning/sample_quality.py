@@ -105,8 +105,12 @@ class SampleQuality:
         kid_subset_size: int = KID_SUBSET_SIZE,
     ):
         self.network = network.eval()
+        # One process sees every image; under DDP, torchmetrics would wait for the other ranks.
         self.fid = FrechetInceptionDistance(
-            feature=_Given(network.num_features), normalize=True, reset_real_features=False
+            feature=_Given(network.num_features),
+            normalize=True,
+            reset_real_features=False,
+            sync_on_compute=False,
         )
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.features: dict[bool, list[torch.Tensor]] = {True: [], False: []}
@@ -133,6 +137,7 @@ class SampleQuality:
                 subsets=self.kid_subsets,
                 subset_size=min(self.kid_subset_size, len(real), len(generated)),
                 normalize=True,
+                sync_on_compute=False,
             )
         kid.update(real, real=True)
         kid.update(generated, real=False)
