@@ -256,7 +256,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--minutes", type=float, default=4.0, help="trainer.max_time of a row")
+    parser.add_argument("--minutes", type=float, default=5.0, help="trainer.max_time of a row")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--k", type=int, default=1000, help="IWAE samples of the test NLL")
     parser.add_argument("--test-images", type=int, default=500, help="images of the test NLL")
