@@ -21,20 +21,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import zoo
 from likelihood_table import evaluate, nll_difference
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = [
-    "data=fashion_mnist",
-    "data.binarize=dynamic",
-    "callbacks.pictures=null",
-    "trainer.enable_progress_bar=false",
-    "trainer.max_epochs=-1",
-    "torch_threads=1",
-    "seed=0",
-]
+# the zoo's protocol (binarised Fashion-MNIST, no epoch limit, one thread), at seed 0
+COMMON = [*zoo.COMMON, "seed=0"]
 # Each model's own config file as it ships; nothing tuned for this comparison.
 ROWS = {
     "conv": ("one-layer conv VAE (model=conv)", ["model=conv"]),
